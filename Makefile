@@ -1,0 +1,49 @@
+# omni-r1: two commands do all set-up on a fresh machine.
+#   make demo   builds .venv if missing, then runs the whole pipeline (dvc repro) on synthetic data
+#   make test   builds .venv if missing, then runs the tests (all but slow/gpu/weights)
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-omni-r1
+# dvc.yaml's `python -m stages.<name>` and the tests' subprocesses must find the venv first.
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+export DVC_NO_ANALYTICS := 1
+export PREFECT_SERVER_ANALYTICS_ENABLED := false
+export PREFECT_HOME := $(CURDIR)/.prefect
+export PREFECT_LOGGING_LEVEL ?= WARNING
+export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 90
+export TOKENIZERS_PARALLELISM := false
+export HF_HUB_OFFLINE := 1
+
+.PHONY: venv demo test test-all bench clean
+
+venv: $(STAMP)
+
+# torch first (served from local disk here), then sam2 built against it without isolation
+# (design.md section 4), then the package itself with its pinned dependencies.
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip==26.3 setuptools==80.9.0 wheel==0.45.1
+	$(BIN)/python -m pip install -q torch==2.14.1 torchvision==0.29.1
+	SAM2_BUILD_CUDA=0 $(BIN)/python -m pip install -q --no-build-isolation sam2==1.1.0
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $@
+
+# dvc needs a git repository; a fresh clone has one, a tarball does not.
+demo: venv
+	@git rev-parse --git-dir >/dev/null 2>&1 || { echo "make demo must run inside the omni-r1 git checkout"; exit 1; }
+	$(BIN)/dvc repro
+	$(BIN)/omni-r1 inspect data --json | head -c 4000; echo
+
+test: venv
+	$(BIN)/python -m pytest -m "not slow and not gpu and not weights" -q
+
+test-all: venv
+	$(BIN)/python -m pytest -q
+
+bench: venv
+	$(BIN)/python bench/shard_throughput.py
+
+clean:
+	rm -rf .prefect .pytest_cache

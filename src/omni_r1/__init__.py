@@ -1,0 +1,1 @@
+"""Omni-R1: omnimodal reasoning by two-system collaboration, trained with GRPO."""

@@ -1,0 +1,234 @@
+"""The one typed config: ``params.yaml`` loaded into a frozen, validated dataclass tree.
+
+Every knob of the pipeline lives in ``params.yaml``; this module is its schema. Unknown keys,
+missing keys and wrong types are errors whose message names the dotted key and the fix.
+``load_params(path, overrides)`` applies ``"a.b=value"`` overrides (values parsed as YAML).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, Mapping, Sequence
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """params.yaml does not match the schema; the message names the key and the fix."""
+
+
+def _require(ok: bool, key: str, message: str) -> None:
+    if not ok:
+        raise ConfigError(f"params.yaml: '{key}' {message}; fix the value in params.yaml")
+
+
+@dataclass(frozen=True)
+class SynthParams:
+    """The synthetic omni dataset of the demo and tests (``omni-r1 synth`` and the ``synth`` stage)."""
+
+    format: Literal["video", "refavs", "revos"] = "video"
+    out: str = "data/raw/synthetic"
+    videos: int = 12
+    seed: int = 0
+    width: int = 256
+    height: int = 192
+    fps: int = 10
+    seconds: float = 6.0
+
+    def __post_init__(self) -> None:
+        _require(self.videos >= 1, "synth.videos", "must be at least 1")
+        _require(self.width >= 32 and self.height >= 32, "synth.width/height", "must be at least 32 pixels")
+        _require(self.fps >= 1, "synth.fps", "must be at least 1")
+        _require(self.seconds > 0, "synth.seconds", "must be positive")
+
+
+@dataclass(frozen=True)
+class DataParams:
+    """Which dataset to read and how to sample it for the two systems."""
+
+    format: Literal["video", "refavs", "revos"] = "video"
+    root: str = "data/raw/synthetic"
+    fps: float = 2.0
+    max_frames: int = 24
+    low_res: int = 224
+    high_res: int = 448
+
+    def __post_init__(self) -> None:
+        _require(self.fps > 0, "data.fps", "must be positive (frames per second sampled for System 1)")
+        _require(self.max_frames >= 1, "data.max_frames", "must be at least 1")
+        _require(self.low_res >= 28, "data.low_res", "must be at least 28 (longest side in pixels)")
+        _require(self.high_res >= self.low_res, "data.high_res", "must be >= data.low_res")
+
+
+@dataclass(frozen=True)
+class IngestParams:
+    """Facts about frame-folder layouts that the files do not state."""
+
+    refavs_fps: float = 1.0
+    revos_fps: float = 6.0
+
+    def __post_init__(self) -> None:
+        _require(self.refavs_fps > 0 and self.revos_fps > 0, "ingest.*_fps", "must be positive")
+
+
+@dataclass(frozen=True)
+class ValidateParams:
+    """The validation gate's policy."""
+
+    max_bad_fraction: float = 0.1
+    # auto: audio is required where the expression needs it (RefAVS, sound cues); always / never override.
+    require_audio: Literal["auto", "always", "never"] = "auto"
+
+    def __post_init__(self) -> None:
+        _require(0.0 <= self.max_bad_fraction <= 1.0, "validate.max_bad_fraction", "must be within [0, 1]")
+
+
+@dataclass(frozen=True)
+class FanoutParams:
+    """How per-video work is mapped: a Prefect task runner (process pool by default)."""
+
+    task_runner: Literal["thread", "process", "dask"] = "thread"
+    workers: int = 2
+
+    def __post_init__(self) -> None:
+        _require(self.workers >= 1, "*.workers", "must be at least 1")
+
+
+@dataclass(frozen=True)
+class ShardParams:
+    """WebDataset shard writing."""
+
+    videos_per_shard: int = 64
+    fanout: FanoutParams = FanoutParams()
+
+    def __post_init__(self) -> None:
+        _require(self.videos_per_shard >= 1, "shard.videos_per_shard", "must be at least 1")
+
+
+@dataclass(frozen=True)
+class FeaturesParams:
+    """Cached model inputs: Whisper log-mel audio and Qwen2.5-Omni processor-ready video."""
+
+    mel_bins: int = 128
+    tokenizer: str = "builtin:tiny"
+    min_pixels: int = 16 * 28 * 28
+    max_pixels: int = 128 * 28 * 28
+    fanout: FanoutParams = FanoutParams()
+
+    def __post_init__(self) -> None:
+        _require(self.mel_bins in (80, 128), "features.mel_bins", "must be 80 or 128 (Qwen2.5-Omni uses 128)")
+        _require(0 < self.min_pixels <= self.max_pixels, "features.min_pixels/max_pixels", "need 0 < min <= max")
+
+
+@dataclass(frozen=True)
+class Params:
+    """The whole of params.yaml."""
+
+    synth: SynthParams = SynthParams()
+    data: DataParams = DataParams()
+    ingest: IngestParams = IngestParams()
+    validate: ValidateParams = ValidateParams()
+    shard: ShardParams = ShardParams()
+    features: FeaturesParams = FeaturesParams()
+
+
+def load_params(path: str | Path = "params.yaml", overrides: Sequence[str] = ()) -> Params:
+    """Read ``path`` with ``yaml.safe_load``, apply ``key.path=value`` overrides and validate."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text()) if path.exists() else {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML ({err}); fix the syntax") from err
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections, got {type(raw).__name__}")
+    for item in overrides:
+        _apply_override(raw, item)
+    return params_from_dict(raw)
+
+
+def params_from_dict(raw: Mapping[str, Any]) -> Params:
+    """Build the typed tree from a plain mapping; every problem names its dotted key."""
+    return _build(Params, raw, "")
+
+
+def params_to_dict(params: Params) -> dict[str, Any]:
+    """The plain-dict form of a Params tree (what params.yaml would hold)."""
+    return dataclasses.asdict(params)
+
+
+def _apply_override(raw: dict[str, Any], item: str) -> None:
+    if "=" not in item:
+        raise ConfigError(f"override {item!r} must look like 'section.key=value'")
+    dotted, text = item.split("=", 1)
+    keys = dotted.strip().split(".")
+    node = raw
+    for key in keys[:-1]:
+        node = node.setdefault(key, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {item!r}: '{key}' is not a section")
+    node[keys[-1]] = yaml.safe_load(text)
+
+
+def _build(cls: type, raw: Any, prefix: str) -> Any:
+    where = prefix.rstrip(".") or "top level"
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"params.yaml: '{where}' must be a mapping, got {type(raw).__name__} {raw!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for key in raw:
+        if key not in fields:
+            close = difflib.get_close_matches(str(key), list(fields), n=1)
+            suggestion = f" (did you mean '{prefix}{close[0]}'?)" if close else ""
+            raise ConfigError(
+                f"params.yaml: unknown key '{prefix}{key}'{suggestion}; remove it or fix its spelling. "
+                f"Known keys under '{where}': {', '.join(sorted(fields))}"
+            )
+    values = {name: _coerce(hints[name], raw[name], f"{prefix}{name}") for name in fields if name in raw}
+    return cls(**values)
+
+
+def _coerce(hint: Any, value: Any, key: str) -> Any:
+    origin = typing.get_origin(hint)
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, f"{key}.")
+    if origin is Literal:
+        choices = typing.get_args(hint)
+        if value not in choices:
+            raise ConfigError(f"params.yaml: '{key}' is {value!r}; use one of {', '.join(map(repr, choices))}")
+        return value
+    if origin in (tuple, list):
+        item_type = typing.get_args(hint)[0]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"params.yaml: '{key}' must be a list, got {value!r}")
+        return tuple(_coerce(item_type, v, f"{key}[{i}]") for i, v in enumerate(value))
+    if origin in (typing.Union, types.UnionType):
+        raise ConfigError(f"internal: union type for '{key}' is not supported by the schema")
+    return _scalar(hint, value, key)
+
+
+def _scalar(hint: Any, value: Any, key: str) -> Any:
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+    elif hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif hint is str:
+        if isinstance(value, str):
+            return value
+    else:
+        raise ConfigError(f"internal: unsupported type {hint!r} for '{key}'")
+    raise ConfigError(
+        f"params.yaml: '{key}' must be {hint.__name__}, got {type(value).__name__} {value!r}; "
+        f"write it as a {hint.__name__} in params.yaml"
+    )

@@ -1,0 +1,1 @@
+"""Data half of the pipeline: layouts, synthetic data, decoding, validation and shards."""

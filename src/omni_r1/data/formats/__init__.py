@@ -1,0 +1,26 @@
+"""Dataset layouts (plain video, official RefAVS, official ReVOS) parsed into manifest rows, no decoding."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from omni_r1.types import ManifestRow
+
+
+def read_layout(fmt: str, root: Path, *, refavs_fps: float, revos_fps: float) -> list[ManifestRow]:
+    """Dispatch on the layout name used in params.yaml (``data.format``)."""
+    if not root.is_dir():
+        raise FileNotFoundError(f"dataset root {root} does not exist; set data.root in params.yaml")
+    if fmt == "video":
+        from omni_r1.data.formats.video import read_video_layout
+
+        return read_video_layout(root)
+    if fmt == "refavs":
+        from omni_r1.data.formats.refavs import read_refavs_layout
+
+        return read_refavs_layout(root, refavs_fps)
+    if fmt == "revos":
+        from omni_r1.data.formats.revos import read_revos_layout
+
+        return read_revos_layout(root, revos_fps)
+    raise ValueError(f"unknown dataset format {fmt!r}; use video, refavs or revos (data.format)")

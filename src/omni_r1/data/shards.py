@@ -1,0 +1,320 @@
+"""Videos -> WebDataset records -> atomic shards with a sha256 manifest, and the typed reader.
+
+One record per (video, split) holds everything the two systems need, decoded once:
+
+    <key>.meta.json         video-level metadata: ids, native fps/frames/size, sampled frame indices and times
+    <key>.expressions.json  every expression of the video in this split, each with its MaskTrack (RLE per native frame)
+    <key>.low.npy           (T, h, w, 3) uint8 low-res frames for the Global Reasoning System
+    <key>.high.npy          (T, H, W, 3) uint8 high-res keyframe candidates for the Detail Understanding System
+    <key>.audio.npy         (N,) float32 16 kHz mono audio (N == 0 without audio)
+
+Frames are stored once per video, not once per expression; the reader expands a record into one
+``Sample`` per expression. Shards are written under a temp name and renamed when whole; the
+manifest (sha256 and counts per shard) is written last and is what marks the shard set complete.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Sequence
+
+import numpy as np
+from PIL import Image
+
+from omni_r1.data.masks import encode_rle
+from omni_r1.fileio import atomic_write_text
+from omni_r1.data.paths import check_key, safe_join, sample_key
+from omni_r1.data.video import decode_audio, decode_video, fit_size, frame_times, load_frames, sample_indices
+from omni_r1.types import AUDIO_RATE, ManifestRow, MaskTrack, ObjectMasks, Sample
+
+MANIFEST_NAME = "manifest.json"
+_EXPRESSION_FIELDS = ("sample_id", "exp_id", "expression", "exp_type", "cue", "benchmark_split", "needs_audio")
+
+
+class ShardIntegrityError(RuntimeError):
+    """A shard does not match its manifest (truncated, modified, or missing)."""
+
+
+@dataclass(frozen=True)
+class SamplingPlan:
+    """How frames are sampled and sized for the two systems (from ``params.data``)."""
+
+    fps: float
+    max_frames: int
+    low_res: int
+    high_res: int
+
+
+@dataclass(frozen=True)
+class VideoRecord:
+    """One decoded video with its expressions, ready to be written as a WebDataset record."""
+
+    key: str
+    split: str
+    meta: dict[str, Any]
+    expressions: list[dict[str, Any]]
+    low_res: np.ndarray
+    high_res: np.ndarray
+    audio: np.ndarray
+
+    @property
+    def frames_decoded(self) -> int:
+        """Native frames the decoder went through (the benchmark's unit)."""
+        return int(self.meta["frames_decoded"])
+
+    def to_wds(self) -> dict[str, Any]:
+        return {
+            "__key__": check_key(self.key),
+            "meta.json": _json_bytes(self.meta),
+            "expressions.json": _json_bytes(self.expressions),
+            "low.npy": _npy_bytes(self.low_res),
+            "high.npy": _npy_bytes(self.high_res),
+            "audio.npy": _npy_bytes(self.audio),
+        }
+
+
+def group_by_video(rows: Iterable[ManifestRow]) -> list[list[ManifestRow]]:
+    """Rows grouped by (video, split), in a stable order: one decode per group."""
+    groups: dict[tuple[str, str], list[ManifestRow]] = {}
+    for row in rows:
+        groups.setdefault((row.split, row.video_id), []).append(row)
+    return [groups[k] for k in sorted(groups)]
+
+
+def build_record(root: Path, rows: Sequence[ManifestRow], plan: SamplingPlan) -> VideoRecord:
+    """Decode one video once and attach all its expressions. Raises ``MediaError`` for bad media."""
+    first = rows[0]
+    low_size = fit_size(first.width, first.height, plan.low_res)
+    high_size = fit_size(first.width, first.height, plan.high_res)
+    if first.media_kind == "video":
+        path = safe_join(root, first.video_path)
+        times = frame_times(path)
+        indices = sample_indices(times, plan.fps, plan.max_frames)
+        duration = float(times[-1] + 1.0 / first.fps) if len(times) else 0.0
+        decoded = decode_video(path, indices.tolist(), low_size, high_size, with_audio=first.has_audio,
+                               duration=duration)
+        low, high, audio = decoded.low_res, decoded.high_res, decoded.audio
+        frames_decoded = len(times)
+    else:
+        times = np.arange(first.num_frames, dtype=np.float64) / first.fps
+        indices = sample_indices(times, plan.fps, plan.max_frames)
+        duration = first.num_frames / first.fps
+        paths = [safe_join(root, first.frame_paths[i]) for i in indices]
+        low, high = load_frames(paths, low_size, high_size)
+        audio = (decode_audio(safe_join(root, first.audio_path), duration) if first.has_audio
+                 else np.zeros((0,), np.float32))
+        frames_decoded = len(indices)
+    meta = {
+        "dataset": first.dataset,
+        "video_id": first.video_id,
+        "split": first.split,
+        "source": first.source_file,
+        "fps": first.fps,
+        "num_frames": first.num_frames,
+        "width": first.width,
+        "height": first.height,
+        "duration": duration,
+        "has_audio": bool(first.has_audio and audio.size > 0),
+        "audio_rate": AUDIO_RATE,
+        "frame_indices": [int(i) for i in indices],
+        "frame_times": [round(float(times[i]), 6) for i in indices],
+        "sample_fps": plan.fps,
+        "frames_decoded": frames_decoded,
+    }
+    expressions = [_expression_entry(root, row) for row in rows]
+    return VideoRecord(sample_key(f"{first.video_id}"), first.split, meta, expressions, low, high, audio)
+
+
+def _expression_entry(root: Path, row: ManifestRow) -> dict[str, Any]:
+    entry = {name: getattr(row, name) for name in _EXPRESSION_FIELDS}
+    entry["masks"] = json.loads(_mask_track(root, row).to_json())
+    return entry
+
+
+def _mask_track(root: Path, row: ManifestRow) -> MaskTrack:
+    """The expression's masks as RLE per native frame; PNG masks (RefAVS) are encoded here, once."""
+    objects = []
+    for obj in row.mask_objects():
+        if "pngs" in obj:
+            rles = tuple(_png_rle(safe_join(root, p)) for p in obj["pngs"])
+        else:
+            rles = tuple(obj["rles"])
+        objects.append(ObjectMasks(str(obj["obj_id"]), rles))
+    return MaskTrack(row.height, row.width, row.num_frames, tuple(objects))
+
+
+def _png_rle(path: Path) -> dict[str, Any] | None:
+    with Image.open(path) as img:
+        mask = np.asarray(img.convert("L")) > 0
+    return encode_rle(mask) if mask.any() else None
+
+
+# ----------------------------------------------------------------------------------------------- writing
+
+
+class ShardSetWriter:
+    """Writes records into ``<split>-%06d.tar`` shards of at most ``videos_per_shard`` records each.
+
+    Each shard is written to a temp file in the same directory and renamed when closed, so a
+    reader never sees half a shard. ``close()`` writes the manifest last.
+    """
+
+    def __init__(self, out_dir: Path, videos_per_shard: int) -> None:
+        self.out_dir = out_dir
+        self.videos_per_shard = videos_per_shard
+        self.entries: list[dict[str, Any]] = []
+        self._open: dict[str, tuple[Any, Any, Path, int, int]] = {}
+        self._counts: dict[str, int] = {}
+        out_dir.mkdir(parents=True, exist_ok=True)
+
+    def write(self, record: VideoRecord) -> None:
+        import webdataset as wds
+
+        state = self._open.get(record.split)
+        if state is not None and state[3] >= self.videos_per_shard:
+            self._finish(record.split)
+            state = None
+        if state is None:
+            index = self._counts.get(record.split, 0)
+            self._counts[record.split] = index + 1
+            fd, tmp_name = tempfile.mkstemp(dir=self.out_dir, prefix=f".{record.split}-", suffix=".tar.tmp")
+            os.close(fd)
+            writer = wds.TarWriter(tmp_name, compress=False)
+            state = (Path(tmp_name), writer, self.out_dir / f"{record.split}-{index:06d}.tar", 0, 0)
+        tmp, writer, final, videos, samples = state
+        writer.write(record.to_wds())
+        self._open[record.split] = (tmp, writer, final, videos + 1, samples + len(record.expressions))
+
+    def _finish(self, split: str) -> None:
+        tmp, writer, final, videos, samples = self._open.pop(split)
+        writer.close()
+        os.replace(tmp, final)
+        self.entries.append({"name": final.name, "split": split, "videos": videos, "samples": samples,
+                             "sha256": sha256_file(final), "bytes": final.stat().st_size})
+
+    def close(self, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+        for split in sorted(self._open):
+            self._finish(split)
+        manifest = {"shards": sorted(self.entries, key=lambda e: e["name"]), **(extra or {})}
+        atomic_write_text(self.out_dir / MANIFEST_NAME, json.dumps(manifest, indent=2, sort_keys=True))
+        return manifest
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+# ----------------------------------------------------------------------------------------------- reading
+
+
+def load_manifest(shard_dir: Path) -> dict[str, Any]:
+    path = shard_dir / MANIFEST_NAME
+    if not path.is_file():
+        raise ShardIntegrityError(f"{path} is missing: the shard set is incomplete; rerun the shard stage")
+    return json.loads(path.read_text())
+
+
+def verified_shards(shard_dir: Path, split: str | None = None) -> list[dict[str, Any]]:
+    """Manifest entries of ``split`` (all when None) whose files match their sha256; raise on any mismatch.
+
+    A tar cut inside its end padding reads back without error, so the checksum is the only guard.
+    """
+    entries = [e for e in load_manifest(shard_dir)["shards"] if split is None or e["split"] == split]
+    for entry in entries:
+        _verify(shard_dir, entry)
+    return entries
+
+
+def _verify(shard_dir: Path, entry: dict[str, Any]) -> None:
+    path = safe_join(shard_dir, entry["name"])
+    if not path.is_file():
+        raise ShardIntegrityError(f"{path} is listed in the manifest but missing; rerun the shard stage")
+    if sha256_file(path) != entry["sha256"]:
+        raise ShardIntegrityError(f"{path} does not match its sha256 in {MANIFEST_NAME} (truncated or modified); "
+                                  "rerun the shard stage (dvc repro shard)")
+
+
+def iter_records(shard_dir: Path, split: str | None = None) -> Iterator[dict[str, Any]]:
+    """Raw decoded records (meta, expressions, arrays) from verified shards, via webdataset."""
+    for entry in verified_shards(shard_dir, split):
+        yield from _entry_records(shard_dir, entry)
+
+
+def iter_shard(shard_dir: Path, name: str) -> Iterator[dict[str, Any]]:
+    """Records of the one shard ``name`` of the manifest, verified first."""
+    entries = [e for e in load_manifest(shard_dir)["shards"] if e["name"] == name]
+    if not entries:
+        raise ShardIntegrityError(f"{name} is not in {shard_dir / MANIFEST_NAME}; rerun the shard stage")
+    _verify(shard_dir, entries[0])
+    yield from _entry_records(shard_dir, entries[0])
+
+
+def _entry_records(shard_dir: Path, entry: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    import webdataset as wds
+
+    url = str(safe_join(shard_dir, entry["name"]))
+    count = 0
+    for raw in wds.WebDataset(url, shardshuffle=False, empty_check=False):
+        count += 1
+        yield _decode_record(raw)
+    if count != entry["videos"]:
+        raise ShardIntegrityError(f"{url} holds {count} records, the manifest says {entry['videos']}; "
+                                  "rerun the shard stage")
+
+
+def read_samples(shard_dir: Path, split: str | None = None) -> Iterator[Sample]:
+    """Typed samples, one per (video, expression), from the verified shards of ``split``."""
+    for record in iter_records(shard_dir, split):
+        meta = record["meta"]
+        for expression in record["expressions"]:
+            masks = MaskTrack.from_json(json.dumps(expression["masks"]))
+            sample_meta = {**meta, **{k: v for k, v in expression.items() if k != "masks"}}
+            yield Sample(
+                key=f"{record['key']}/{expression['exp_id']}",
+                meta=sample_meta,
+                frame_indices=tuple(meta["frame_indices"]),
+                frame_times=tuple(meta["frame_times"]),
+                low_res=record["low"],
+                high_res=record["high"],
+                audio=record["audio"],
+                masks=masks,
+            )
+
+
+def _decode_record(raw: dict[str, Any]) -> dict[str, Any]:
+    missing = [k for k in ("meta.json", "expressions.json", "low.npy", "high.npy", "audio.npy") if k not in raw]
+    if missing:
+        raise ShardIntegrityError(f"record {raw.get('__key__')!r} in {raw.get('__url__')} lacks {missing}")
+    return {
+        "key": raw["__key__"],
+        "meta": json.loads(raw["meta.json"]),
+        "expressions": json.loads(raw["expressions.json"]),
+        "low": _npy_load(raw["low.npy"]),
+        "high": _npy_load(raw["high.npy"]),
+        "audio": _npy_load(raw["audio.npy"]),
+    }
+
+
+def _json_bytes(value: Any) -> bytes:
+    return json.dumps(value, sort_keys=True).encode()
+
+
+def _npy_bytes(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, np.ascontiguousarray(array), allow_pickle=False)
+    return buffer.getvalue()
+
+
+def _npy_load(data: bytes) -> np.ndarray:
+    # allow_pickle=False: a shard is untrusted data and must never run code when read.
+    return np.load(io.BytesIO(data), allow_pickle=False)

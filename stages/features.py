@@ -1,0 +1,48 @@
+"""Stage ``features``: cache model inputs beside the shards so that training never decodes video.
+
+Per shard, the real ``Qwen2_5OmniProcessor`` turns low-res frames into ``pixel_values_videos`` and
+audio into 128-bin Whisper log-mel features, written as ``<shard>.safetensors`` plus a manifest.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Sequence
+
+from flows.fanout import map_chunks
+from omni_r1.data.pipeline import featurize_shard
+from omni_r1.data.shards import verified_shards
+from omni_r1.fileio import atomic_write_json
+from stages.common import parse, parser
+
+log = logging.getLogger("stages.features")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = parser("features", __doc__ or "")
+    p.add_argument("--shards", type=Path, default=Path("data/shards"))
+    p.add_argument("--out", type=Path, default=Path("data/features"))
+    p.add_argument("--metrics", type=Path, default=Path("data/metrics/features.json"))
+    args, params = parse(p, argv)
+    entries = verified_shards(args.shards)
+    args.out.mkdir(parents=True, exist_ok=True)
+    for stale in args.out.glob("*.safetensors"):
+        stale.unlink()
+    start = time.perf_counter()
+    fan = params.features.fanout
+    written = map_chunks(featurize_shard, entries, common=(args.shards, args.out, params.features), stage="features",
+                         unit="shard", task_runner=fan.task_runner, workers=fan.workers)
+    seconds = time.perf_counter() - start
+    atomic_write_json(args.out / "manifest.json", {"features": written, "tokenizer": params.features.tokenizer})
+    records = sum(w["records"] for w in written)
+    atomic_write_json(args.metrics, {"shards": len(written), "videos": records, "bytes": sum(w["bytes"] for w in written),
+                                     "wall_seconds": round(seconds, 3)})
+    log.info("features for %d videos in %d shards (%.1f s) -> %s", records, len(written), seconds, args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,50 @@
+"""Stage ``validate``: the great-expectations gate. Good rows flow on; bad rows go to the quarantine report.
+
+Fails (exit 1) when the bad fraction passes ``validate.max_bad_fraction``.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Sequence
+
+import pandas as pd
+
+from omni_r1.data.expectations import ValidationPolicy, ValidationPolicyError, enforce_policy, validate_manifest
+from omni_r1.data.pipeline import quarantine_json
+from omni_r1.fileio import atomic_write_json, atomic_write_parquet
+from stages.common import parse, parser
+
+log = logging.getLogger("stages.validate")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = parser("validate", __doc__ or "")
+    p.add_argument("--manifest", type=Path, default=Path("data/interim/manifest.parquet"))
+    p.add_argument("--root", type=Path, default=None, help="dataset root (default data.root)")
+    p.add_argument("--out", type=Path, default=Path("data/interim/validated.parquet"))
+    p.add_argument("--quarantine", type=Path, default=Path("data/interim/quarantine.json"))
+    p.add_argument("--metrics", type=Path, default=Path("data/metrics/validate.json"))
+    args, params = parse(p, argv)
+    policy = ValidationPolicy(params.validate.max_bad_fraction, params.validate.require_audio)
+    report = validate_manifest(pd.read_parquet(args.manifest), args.root or Path(params.data.root), policy)
+    atomic_write_json(args.quarantine, quarantine_json(report.quarantine))
+    atomic_write_json(args.metrics, report.metrics())
+    for entry in report.quarantine:
+        log.warning("quarantined %s [%s] %s: %s (fix: %s)", entry.sample_id, entry.check, entry.file, entry.reason,
+                    entry.hint)
+    try:
+        enforce_policy(report, policy)
+    except ValidationPolicyError as err:
+        log.error("%s; the quarantine report is %s", err, args.quarantine)
+        return 1
+    atomic_write_parquet(args.out, report.good)
+    log.info("%d of %d rows passed; %d quarantined (%.1f%%) -> %s", len(report.good), report.n_rows, report.n_bad,
+             100 * report.bad_fraction, args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

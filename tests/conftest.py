@@ -1,0 +1,67 @@
+"""Shared fixtures: synthetic datasets in all three layouts, a Prefect test harness, markers.
+
+Prefect and DVC are configured offline here, before either is imported: a throwaway PREFECT_HOME,
+no analytics, quiet logs.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import pytest
+
+_PREFECT_HOME = tempfile.mkdtemp(prefix="omni-r1-prefect-")
+os.environ.setdefault("PREFECT_HOME", _PREFECT_HOME)
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
+os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def prefect_harness():
+    """One temporary Prefect API for the whole session (starting one costs seconds)."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+def _synth(root: Path, fmt: str, videos: int = 3) -> Path:
+    from omni_r1.data.synthetic import SynthSpec, generate
+
+    generate(root, fmt, SynthSpec(videos=videos, seed=7, width=96, height=64, fps=10, seconds=2.0))
+    return root
+
+
+@pytest.fixture(scope="session")
+def synth_video(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The plain video layout: 3 videos (one per split), 4 expressions each, real H.264 + AAC."""
+    return _synth(tmp_path_factory.mktemp("synth-video"), "video")
+
+
+@pytest.fixture(scope="session")
+def synth_refavs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _synth(tmp_path_factory.mktemp("synth-refavs"), "refavs", videos=5)
+
+
+@pytest.fixture(scope="session")
+def synth_revos(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _synth(tmp_path_factory.mktemp("synth-revos"), "revos")

@@ -1,0 +1,76 @@
+"""params.yaml, the config dataclasses, dvc.yaml and stages/ agree, mechanically."""
+
+from __future__ import annotations
+
+import importlib
+import re
+from pathlib import Path
+
+import yaml
+
+from omni_r1.config import load_params, params_to_dict
+
+REPO = Path(__file__).resolve().parents[2]
+DVC = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+PARAMS = params_to_dict(load_params(REPO / "params.yaml"))
+
+
+def _lookup(dotted: str) -> object:
+    node: object = PARAMS
+    for part in dotted.split("."):
+        assert isinstance(node, dict) and part in node, f"dvc.yaml names param {dotted!r}, which params.yaml lacks"
+        node = node[part]
+    return node
+
+
+def _render(text: str) -> str:
+    return re.sub(r"\$\{([^}]+)\}", lambda m: str(_lookup(m.group(1))), text)
+
+
+def test_every_stage_is_a_thin_cli_with_the_same_name() -> None:
+    for name, stage in DVC.items():
+        assert stage["cmd"] == f"python -m stages.{name}", name
+        module = importlib.import_module(f"stages.{name}")
+        assert callable(module.main), f"stages/{name}.py needs main(argv) -> int"
+        assert f"stages/{name}.py" in stage["deps"]
+
+
+def test_declared_params_exist() -> None:
+    for name, stage in DVC.items():
+        for param in stage.get("params", []):
+            _lookup(param)
+        for dep in stage.get("deps", []):
+            if "${" in dep:
+                _lookup(dep.strip("${}"))
+
+
+def test_declared_code_deps_exist() -> None:
+    for name, stage in DVC.items():
+        for dep in stage.get("deps", []):
+            path = REPO / _render(dep)
+            if dep.startswith(("src/", "stages/", "flows/")):
+                assert path.exists(), f"stage {name}: dep {dep} does not exist"
+
+
+def test_stage_imports_are_declared_as_deps() -> None:
+    """Every omni_r1 module a stage's CLI imports directly must be a dep of that stage."""
+    for name, stage in DVC.items():
+        source = (REPO / f"stages/{name}.py").read_text()
+        deps = set(stage["deps"])
+        for module in re.findall(r"^from (omni_r1\.[\w.]+|flows\.\w+) import", source, flags=re.M):
+            path = module.replace(".", "/")
+            candidates = {f"src/{path}.py", f"src/{path}", f"{path}.py"}
+            assert candidates & deps or any(d.startswith(f"src/{path}") for d in deps), (
+                f"stages/{name}.py imports {module}, which dvc.yaml does not list as a dep of {name}"
+            )
+
+
+def test_stage_outputs_chain() -> None:
+    """Each stage after the first reads an output of an earlier one."""
+    outs: set[str] = set()
+    for name, stage in DVC.items():
+        stage_outs = {_render(o if isinstance(o, str) else next(iter(o))) for o in stage.get("outs", [])}
+        if outs:
+            deps = {_render(d) for d in stage["deps"]}
+            assert deps & outs, f"stage {name} reads no output of an earlier stage"
+        outs |= stage_outs
