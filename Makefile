@@ -34,7 +34,7 @@ $(STAMP): pyproject.toml
 demo: venv
 	@git rev-parse --git-dir >/dev/null 2>&1 || { echo "make demo must run inside the omni-r1 git checkout"; exit 1; }
 	$(BIN)/dvc repro
-	$(BIN)/omni-r1 inspect data --json | head -c 4000; echo
+	$(BIN)/omni-r1 inspect data
 
 test: venv
 	$(BIN)/python -m pytest -m "not slow and not gpu and not weights" -q

@@ -8,6 +8,7 @@ Prefect artifact of the result table. ``deployment()`` gives the cron-scheduled 
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
 import time
@@ -35,7 +36,10 @@ def run_stage(stage: str, repo: str, dvc: str) -> dict[str, Any]:
     """``dvc repro --single-item <stage>``; a failure raises so Prefect retries, then fails the flow."""
     logger = get_run_logger()
     start = time.perf_counter()
-    proc = subprocess.run([dvc, "repro", "--single-item", stage], cwd=repo, capture_output=True, text=True)
+    # dvc.yaml runs `python -m stages.<name>`: the python beside the dvc binary must come first on PATH.
+    env = {**os.environ, "PATH": f"{Path(dvc).parent}{os.pathsep}{os.environ.get('PATH', '')}"} if os.sep in dvc \
+        else None
+    proc = subprocess.run([dvc, "repro", "--single-item", stage], cwd=repo, capture_output=True, text=True, env=env)
     seconds = time.perf_counter() - start
     for line in (proc.stdout + proc.stderr).splitlines()[-20:]:
         logger.info("%s | %s", stage, line)
