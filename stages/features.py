@@ -38,8 +38,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     seconds = time.perf_counter() - start
     atomic_write_json(args.out / "manifest.json", {"features": written, "tokenizer": params.features.tokenizer})
     records = sum(w["records"] for w in written)
+    truncated = [video for w in written for video in w["audio_truncated_to_30s"]]
+    if truncated:
+        log.warning("audio of %d videos was cut to the audio encoder's 30 s window: %s", len(truncated),
+                    ", ".join(truncated[:10]))
     atomic_write_json(args.metrics, {"shards": len(written), "videos": records, "bytes": sum(w["bytes"] for w in written),
-                                     "wall_seconds": round(seconds, 3)})
+                                     "audio_truncated": len(truncated), "wall_seconds": round(seconds, 3)})
     log.info("features for %d videos in %d shards (%.1f s) -> %s", records, len(written), seconds, args.out)
     return 0
 

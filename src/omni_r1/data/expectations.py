@@ -300,6 +300,10 @@ def _png_facts(
 
 def _mask_facts(row: dict[str, Any], root: Path, cache: dict[Path, tuple[int, int] | str]) -> _MaskFacts:
     facts = _MaskFacts()
+    if _text(row.get("ingest_error")):
+        # A row ingest could not parse carries placeholder masks and frame counts; ingest_ok owns it,
+        # and mask findings on the placeholders would send a person to re-export masks that are fine.
+        return facts
     objects, why = _parse_objects(row)
     if why:
         facts.readable, facts.why_readable = False, why
@@ -323,8 +327,10 @@ def _target_rule(row: dict[str, Any], facts: _MaskFacts) -> str:
     black from not-black needs a pixel read this gate does not pay for.
     """
     exp_type, kind = _text(row.get("exp_type")), _text(row.get("mask_kind"))
-    if not facts.readable or exp_type not in EXPRESSION_TYPES:
+    if not facts.readable or exp_type not in EXPRESSION_TYPES or _text(row.get("ingest_error")):
         return "skip"
+    if facts.decode_bad and facts.n_targets == 0:
+        return "skip"  # the target may be in the masks that do not decode: rle_decodes owns the problem
     if exp_type != "null":
         return "need"
     return "skip" if kind == "png" else "none"

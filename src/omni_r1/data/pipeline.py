@@ -137,12 +137,17 @@ def featurize_shard(entry: dict[str, Any], shard_dir: Path, out_dir: Path, param
 
     processor = build_processor(params.tokenizer, min_pixels=params.min_pixels, max_pixels=params.max_pixels,
                                 mel_bins=params.mel_bins)
-    records = []
+    limit = int(processor.feature_extractor.n_samples)  # the audio encoder's window: 30 s
+    records, truncated = [], []
     for record in iter_shard(shard_dir, entry["name"]):
         meta = record["meta"]
-        inputs = compute_features(processor, record["low"], record["audio"], sample_fps=float(meta["sample_fps"]))
+        audio = record["audio"]
+        if audio.size > limit:  # as the official Qwen2.5-Omni processing does; counted, never silent
+            truncated.append(meta["video_id"])
+            audio = audio[:limit]
+        inputs = compute_features(processor, record["low"], audio, sample_fps=float(meta["sample_fps"]))
         records.append(FeatureRecord(key=record["key"], video_id=meta["video_id"], split=meta["split"], **inputs))
     name = entry["name"].removesuffix(".tar") + ".safetensors"
     summary = save_feature_shard(out_dir / name, records)
     return {"name": name, "split": entry["split"], "shard": entry["name"], "records": summary["records"],
-            "bytes": summary["bytes"], "sha256": summary["sha256"]}
+            "bytes": summary["bytes"], "sha256": summary["sha256"], "audio_truncated_to_30s": truncated}

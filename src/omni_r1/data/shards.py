@@ -19,7 +19,9 @@ import hashlib
 import io
 import json
 import os
+import tarfile
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
@@ -68,15 +70,25 @@ class VideoRecord:
         """Native frames the decoder went through (the benchmark's unit)."""
         return int(self.meta["frames_decoded"])
 
+    def tar_members(self) -> list[tuple[str, tuple[bytes | memoryview, ...]]]:
+        """(name suffix, parts) of each tar member, in name order; the parts joined are the member's bytes.
+
+        An array is an npy header plus a view of its pixels, not a copy: serialising ~9 MB of frames
+        per 360p video into fresh bytes cost the shard stage's writing thread a large share of its
+        time (bench/shard_throughput.py).
+        """
+        check_key(self.key)
+        return [
+            ("audio.npy", _npy_parts(self.audio)),
+            ("expressions.json", (_json_bytes(self.expressions),)),
+            ("high.npy", _npy_parts(self.high_res)),
+            ("low.npy", _npy_parts(self.low_res)),
+            ("meta.json", (_json_bytes(self.meta),)),
+        ]
+
     def to_wds(self) -> dict[str, Any]:
-        return {
-            "__key__": check_key(self.key),
-            "meta.json": _json_bytes(self.meta),
-            "expressions.json": _json_bytes(self.expressions),
-            "low.npy": _npy_bytes(self.low_res),
-            "high.npy": _npy_bytes(self.high_res),
-            "audio.npy": _npy_bytes(self.audio),
-        }
+        """The record as a WebDataset sample dict (``__key__`` plus one bytes value per member)."""
+        return {"__key__": check_key(self.key), **{name: b"".join(parts) for name, parts in self.tar_members()}}
 
 
 def group_by_video(rows: Iterable[ManifestRow]) -> list[list[ManifestRow]]:
@@ -158,6 +170,48 @@ def _png_rle(path: Path) -> dict[str, Any] | None:
 # ----------------------------------------------------------------------------------------------- writing
 
 
+class _TarShard:
+    """One uncompressed ustar file written straight from the records' buffers, hashed on its way to disk.
+
+    webdataset's TarWriter goes through tarfile's stream mode, which copies every member in 10 KiB
+    pieces, and the finished shard then had to be read back for its sha256: together about 70-100 ms
+    per 360p video in the one thread that writes (bench/shard_throughput.py, 2 cores). The format
+    is the pax tar that webdataset and ``tarfile`` read: a 512-byte header per member (plus a pax
+    header only for a name over 100 characters), its data padded to 512 bytes, two zero blocks, then
+    zeros up to tar's 10 KiB record size.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self._file = path.open("wb")
+        self._digest = hashlib.sha256()
+        self._written = 0
+
+    def add(self, name: str, parts: Sequence[bytes | memoryview]) -> None:
+        info = tarfile.TarInfo(name)
+        info.size = sum(memoryview(part).nbytes for part in parts)
+        # The member attributes webdataset's TarWriter wrote, but a whole-second mtime: a float
+        # one costs each member an extra pax header block.
+        info.mtime = int(time.time())
+        info.mode = 0o444
+        info.uname = info.gname = "bigdata"
+        self._write(info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape"))
+        for part in parts:
+            self._write(part)
+        self._write(tarfile.NUL * (-info.size % tarfile.BLOCKSIZE))
+
+    def close(self) -> str:
+        """End the archive, close the file and return its sha256."""
+        self._write(tarfile.NUL * (2 * tarfile.BLOCKSIZE))
+        self._write(tarfile.NUL * (-self._written % tarfile.RECORDSIZE))
+        self._file.close()
+        return self._digest.hexdigest()
+
+    def _write(self, data: bytes | memoryview) -> None:
+        self._digest.update(data)  # hashlib releases the GIL on large buffers
+        self._file.write(data)
+        self._written += memoryview(data).nbytes
+
+
 class ShardSetWriter:
     """Writes records into ``<split>-%06d.tar`` shards of at most ``videos_per_shard`` records each.
 
@@ -174,8 +228,7 @@ class ShardSetWriter:
         out_dir.mkdir(parents=True, exist_ok=True)
 
     def write(self, record: VideoRecord) -> None:
-        import webdataset as wds
-
+        members = record.tar_members()  # checks the key before any file is made
         state = self._open.get(record.split)
         if state is not None and state[3] >= self.videos_per_shard:
             self._finish(record.split)
@@ -185,18 +238,19 @@ class ShardSetWriter:
             self._counts[record.split] = index + 1
             fd, tmp_name = tempfile.mkstemp(dir=self.out_dir, prefix=f".{record.split}-", suffix=".tar.tmp")
             os.close(fd)
-            writer = wds.TarWriter(tmp_name, compress=False)
+            writer = _TarShard(Path(tmp_name))
             state = (Path(tmp_name), writer, self.out_dir / f"{record.split}-{index:06d}.tar", 0, 0)
         tmp, writer, final, videos, samples = state
-        writer.write(record.to_wds())
+        for name, parts in members:
+            writer.add(f"{record.key}.{name}", parts)
         self._open[record.split] = (tmp, writer, final, videos + 1, samples + len(record.expressions))
 
     def _finish(self, split: str) -> None:
         tmp, writer, final, videos, samples = self._open.pop(split)
-        writer.close()
+        digest = writer.close()
         os.replace(tmp, final)
         self.entries.append({"name": final.name, "split": split, "videos": videos, "samples": samples,
-                             "sha256": sha256_file(final), "bytes": final.stat().st_size})
+                             "sha256": digest, "bytes": final.stat().st_size})
 
     def close(self, extra: dict[str, Any] | None = None) -> dict[str, Any]:
         for split in sorted(self._open):
@@ -309,10 +363,13 @@ def _json_bytes(value: Any) -> bytes:
     return json.dumps(value, sort_keys=True).encode()
 
 
-def _npy_bytes(array: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    np.save(buffer, np.ascontiguousarray(array), allow_pickle=False)
-    return buffer.getvalue()
+def _npy_parts(array: np.ndarray) -> tuple[bytes, memoryview]:
+    """The bytes ``np.save`` writes, as its header plus a view of the array's memory (no copy)."""
+    array = np.ascontiguousarray(array)
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, np.lib.format.header_data_from_array_1_0(array))
+    # Flattened first: memoryview cannot cast an N-d view with a zero in its shape (no frames).
+    return header.getvalue(), memoryview(array.reshape(-1)).cast("B")
 
 
 def _npy_load(data: bytes) -> np.ndarray:

@@ -21,6 +21,7 @@ Sizes passed around here are ``(width, height)``, as ``fit_size`` returns them; 
 from __future__ import annotations
 
 import math
+import re
 import subprocess
 import tempfile
 from collections.abc import Sequence
@@ -493,7 +494,9 @@ def _fit_audio(samples: np.ndarray, duration: float) -> np.ndarray:
 
 
 def _ffmpeg_error(path: Path, returncode: int, stderr: bytes) -> MediaError:
-    lines = [line for line in stderr.decode("utf-8", "replace").splitlines() if line.strip()]
+    # ffmpeg prefixes messages with "[h264 @ 0x55d0c...]"; the addresses change per run and help nobody.
+    text = re.sub(r" @ 0x[0-9a-f]+\]", "]", stderr.decode("utf-8", "replace"))
+    lines = [line for line in text.splitlines() if line.strip()]
     detail = " | ".join(lines[-3:]) if lines else "no message"
     hint = _REENCODE_HINT.format(path=path)
     if "'0:a:0'" in detail or "matches no streams" in detail:

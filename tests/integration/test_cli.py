@@ -1,0 +1,73 @@
+"""``omni-r1 synth / prepare / inspect`` on the official layouts, in-process, as a user would run them."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from flows.cli import main
+from omni_r1.data.features import load_feature_shard
+from omni_r1.data.shards import load_manifest, read_samples
+
+REPO = Path(__file__).resolve().parents[2]
+SMALL = ["--set", "data.low_res=64", "--set", "data.high_res=96"]
+
+
+def _prepare(fmt: str, root: Path, out: Path) -> int:
+    return main(["prepare", "--format", fmt, "--root", str(root), "--out", str(out),
+                 "--params", str(REPO / "params.yaml"), *SMALL])
+
+
+def _inspect(out: Path, capsys: pytest.CaptureFixture[str]) -> dict:
+    capsys.readouterr()
+    assert main(["inspect", str(out), "--json"]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_synth_cli_writes_the_requested_layout(tmp_path: Path) -> None:
+    assert main(["synth", "--format", "revos", "--out", str(tmp_path), "--videos", "2", "--seed", "1",
+                 "--params", str(REPO / "params.yaml")]) == 0
+    assert (tmp_path / "meta_expressions_train_.json").is_file() and (tmp_path / "mask_dict.json").is_file()
+
+
+def test_prepare_refavs_end_to_end(synth_refavs: Path, tmp_path: Path, prefect_harness: None,
+                                   capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "refavs-out"
+    assert _prepare("refavs", synth_refavs, out) == 0
+    summary = _inspect(out, capsys)
+    assert summary["quarantined"] == 0 and set(summary["splits"]) == {"train", "val", "test"}
+    total = sum(s["samples"] for s in summary["splits"].values())
+    assert total == len((synth_refavs / "metadata.csv").read_text().splitlines()) - 1
+    for split in summary["splits"].values():
+        assert split["native_frames"]["min"] == split["native_frames"]["max"] == 10
+        assert split["videos_with_audio"] == split["videos"]  # RefAVS always has audio.wav
+        assert split["audio_seconds"]["min"] == 10.0
+    sample = next(read_samples(out / "shards", "test"))
+    assert sample.audio.dtype.name == "float32" and sample.audio.shape == (160_000,)
+    assert sample.low_res.shape[1:] == (42, 64, 3) and sample.high_res.shape[1:] == (64, 96, 3)
+    masks = sample.target_masks()
+    assert masks.shape == (len(sample.frame_indices), 64, 96)
+    features = load_manifest(out / "shards")
+    assert features["shards"]
+    for entry in json.loads((out / "features/manifest.json").read_text())["features"]:
+        records = load_feature_shard(out / "features" / entry["name"], sha256=entry["sha256"])
+        assert len(records) == entry["records"] and all(r.audio_feature_length > 0 for r in records)
+
+
+def test_prepare_revos_and_table_output(synth_revos: Path, tmp_path: Path, prefect_harness: None,
+                                        capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "revos-out"
+    assert _prepare("revos", synth_revos, out) == 0
+    summary = _inspect(out, capsys)
+    assert set(summary["splits"]) == {"train", "test"}  # ReVOS valid -> test
+    assert all(s["videos_with_audio"] == 0 for s in summary["splits"].values())  # ReVOS has no audio
+    assert main(["inspect", str(out)]) == 0
+    table = capsys.readouterr().out
+    assert "split" in table and "quarantined: 0" in table
+
+
+def test_inspect_of_an_unprepared_folder_says_what_to_do(tmp_path: Path) -> None:
+    with pytest.raises(RuntimeError, match="rerun the shard stage"):
+        main(["inspect", str(tmp_path)])
