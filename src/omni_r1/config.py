@@ -126,6 +126,54 @@ class FeaturesParams:
 
 
 @dataclass(frozen=True)
+class GlobalReasoningParams:
+    """System 1: the Qwen2.5-Omni thinker that picks keyframes and rewrites the task."""
+
+    checkpoint: str = "builtin:tiny"  # builtin:tiny (random weights from config, tests/demo) or a local checkpoint folder
+    freeze_vision: bool = True
+    freeze_audio: bool = True
+    max_new_tokens: int = 96
+    temperature: float = 1.0
+    top_p: float = 0.95
+    max_keyframes: int = 4  # at most this many distinct frames are grounded (Omni-R1: 4)
+    device: str = "cpu"
+    dtype: Literal["float32", "bfloat16"] = "float32"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _require(self.max_new_tokens >= 1, "global_reasoning.max_new_tokens", "must be at least 1")
+        _require(self.temperature > 0 and 0 < self.top_p <= 1, "global_reasoning.temperature/top_p",
+                 "need temperature > 0 and 0 < top_p <= 1")
+        _require(self.max_keyframes >= 1, "global_reasoning.max_keyframes", "must be at least 1")
+
+
+@dataclass(frozen=True)
+class DetailParams:
+    """System 2: grounding boxes on keyframes, then masks propagated through the video."""
+
+    backend: Literal["light", "sam2"] = "light"
+    device: str = "cpu"
+    max_objects: int = 3
+    # sam2 backend: a local grounding VLM (answers bbox_2d JSON) and a local SAM2 checkpoint.
+    grounder_checkpoint: str = ""
+    sam2_config: str = "configs/sam2.1/sam2.1_hiera_t.yaml"
+    sam2_checkpoint: str = ""  # empty: random weights, for tests only
+    sam2_image_size: int = 1024
+    # light backend (CPU demo): a small grounder and a box-prompted U-Net trained on the synthetic data.
+    light_checkpoint: str = "data/models/detail"
+    light_size: int = 128
+    light_steps: int = 300
+    light_batch: int = 16
+    light_lr: float = 0.003
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _require(1 <= self.max_objects <= 3, "detail.max_objects", "must be within [1, 3] (Omni-R1 grounds up to 3)")
+        _require(self.light_size >= 32 and self.light_size % 16 == 0, "detail.light_size",
+                 "must be a multiple of 16, at least 32")
+
+
+@dataclass(frozen=True)
 class Params:
     """The whole of params.yaml."""
 
@@ -135,6 +183,8 @@ class Params:
     validate: ValidateParams = ValidateParams()
     shard: ShardParams = ShardParams()
     features: FeaturesParams = FeaturesParams()
+    global_reasoning: GlobalReasoningParams = GlobalReasoningParams()
+    detail: DetailParams = DetailParams()
 
 
 def load_params(path: str | Path = "params.yaml", overrides: Sequence[str] = ()) -> Params:
