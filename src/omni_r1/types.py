@@ -2,6 +2,7 @@
 
 A ``ManifestRow`` is one (video, expression) pair as ingest sees it: paths and metadata, no pixels.
 A ``Sample`` is the same pair after the shard stage: low-res and high-res frames, 16 kHz audio and masks.
+``KeyframeSelection`` (with ``Moment`` and ``Keyframe``) and ``Box`` are the two systems' parsed answers.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 
@@ -190,3 +191,72 @@ class Sample:
     def target_masks(self) -> np.ndarray:
         """Union of the target masks at the sampled frames: bool (T, height, width), displayed size."""
         return self.masks.union(self.frame_indices)
+
+
+# ----------------------------------------------------------------------------------------------- System 1 answers
+
+
+class Keyframe(NamedTuple):
+    """One frame System 2 grounds: an index into the sampled frames and the description to find there."""
+
+    frame: int
+    description: str
+
+
+@dataclass(frozen=True)
+class Moment:
+    """One ``{"start_time", "end_time", "description"}`` object of a System 1 answer, with valid fields.
+
+    Times are in seconds. ``kept`` says ``start <= end <= duration``; only kept moments choose
+    frames, and ``frames`` lists them (``int(t * fps)`` from start to end, clipped to the last
+    frame; empty when not kept).
+    """
+
+    start: float
+    end: float
+    description: str
+    kept: bool
+    frames: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class KeyframeSelection:
+    """System 1's parsed answer: the moments it chose and the keyframes System 2 will ground.
+
+    ``objects_found`` is J, the number of ``{...}`` objects in the answer; ``moments`` holds those
+    whose fields parsed, in answer order. ``frames`` are the distinct frames of all kept moments,
+    ascending; ``keyframes`` the first ``max_keyframes`` of them, each with the description of the
+    first kept moment that contains it. ``format_ok`` says the whole completion is exactly
+    ``<think>...</think>`` then ``<answer>...</answer>``. A RefAVS answer has no moments: one
+    keyframe, frame 0, with the rewritten description.
+    """
+
+    task: Literal["revos", "refavs"]
+    objects_found: int
+    moments: tuple[Moment, ...]
+    frames: tuple[int, ...]
+    keyframes: tuple[Keyframe, ...]
+    format_ok: bool
+
+    @property
+    def objects_parsed(self) -> int:
+        return len(self.moments)
+
+    @property
+    def objects_kept(self) -> int:
+        return sum(m.kept for m in self.moments)
+
+    @property
+    def kept_moments(self) -> tuple[Moment, ...]:
+        return tuple(m for m in self.moments if m.kept)
+
+
+@dataclass(frozen=True)
+class Box:
+    """A grounding box in original-image pixels, ``x1 < x2`` and ``y1 < y2``, with the grounder's label."""
+
+    x1: float
+    y1: float
+    x2: float
+    y2: float
+    label: str = ""

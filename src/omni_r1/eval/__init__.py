@@ -1,0 +1,1 @@
+"""Evaluation: the benchmark metrics (one implementation for rewards and evaluation) and official-layout scoring."""
