@@ -4,6 +4,8 @@
     omni-r1 prepare --format video|refavs|revos --root DIR --out DIR   (ingest, validate, shard, features)
     omni-r1 inspect OUT_DIR [--json]
     omni-r1 pipeline [--stage NAME ...]                                  (the Prefect flow over dvc.yaml)
+    omni-r1 score revos  --meta META.json --mask-dict mask_dict.json --foreground FG.json --pred DIR --out OUT.json
+    omni-r1 score refavs --root REFAVS_ROOT --split test_s|test_u|test_n --pred DIR --out OUT.json
 """
 
 from __future__ import annotations
@@ -44,8 +46,36 @@ def main(argv: Sequence[str] | None = None) -> int:
     f.add_argument("--stage", action="append", dest="stages")
     f.add_argument("--repo", default=".")
 
+    sc = sub.add_parser("score", help="score predictions in an official benchmark layout, like the official tools")
+    bench = sc.add_subparsers(dest="benchmark", required=True)
+    rv = bench.add_parser("revos", help="ReVOS: J, F, A, R, JF per type (referring / reason / overall)")
+    rv.add_argument("--meta", type=Path, required=True, help="meta_expressions_valid_.json")
+    rv.add_argument("--mask-dict", type=Path, required=True)
+    rv.add_argument("--foreground", type=Path, required=True, help="mask_dict_foreground.json")
+    rv.add_argument("--pred", type=Path, required=True, help="folder of <video>/<exp_id>/<frame>.png")
+    rv.add_argument("--out", type=Path, required=True)
+    ra = bench.add_parser("refavs", help="RefAVS: mIoU and F (seen/unseen) or S (null)")
+    ra.add_argument("--root", type=Path, required=True)
+    ra.add_argument("--split", choices=["test_s", "test_u", "test_n"], required=True)
+    ra.add_argument("--pred", type=Path, required=True, help="folder of <vid>/fid_<fid>/0000{i}.png")
+    ra.add_argument("--out", type=Path, required=True)
+
     args = p.parse_args(argv)
-    return {"synth": _synth, "prepare": _prepare, "inspect": _inspect, "pipeline": _pipeline}[args.command](args)
+    commands = {"synth": _synth, "prepare": _prepare, "inspect": _inspect, "pipeline": _pipeline, "score": _score}
+    return commands[args.command](args)
+
+
+def _score(args: argparse.Namespace) -> int:
+    from omni_r1.eval.scoring import score_refavs, score_revos
+    from omni_r1.fileio import atomic_write_json
+
+    if args.benchmark == "revos":
+        result = score_revos(args.meta, args.mask_dict, args.foreground, args.pred)
+    else:
+        result = score_refavs(args.root, args.split, args.pred)
+    atomic_write_json(args.out, result)
+    print(json.dumps(result, indent=2))
+    return 0
 
 
 def _synth(args: argparse.Namespace) -> int:

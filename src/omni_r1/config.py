@@ -174,6 +174,20 @@ class DetailParams:
 
 
 @dataclass(frozen=True)
+class PredictParams:
+    """Two-system inference over the test shards, written in the official prediction layouts."""
+
+    split: Literal["train", "val", "test"] = "test"
+    # global_reasoning: System 1 -> System 2; uniform_keyframes: a reference with evenly spread keyframes
+    # and the original expression, which shows what System 2 does with no System 1 at all.
+    policies: tuple[Literal["global_reasoning", "uniform_keyframes"], ...] = ("global_reasoning", "uniform_keyframes")
+    fanout: FanoutParams = FanoutParams()
+
+    def __post_init__(self) -> None:
+        _require(len(self.policies) >= 1, "predict.policies", "must name at least one policy")
+
+
+@dataclass(frozen=True)
 class Params:
     """The whole of params.yaml."""
 
@@ -185,6 +199,7 @@ class Params:
     features: FeaturesParams = FeaturesParams()
     global_reasoning: GlobalReasoningParams = GlobalReasoningParams()
     detail: DetailParams = DetailParams()
+    predict: PredictParams = PredictParams()
 
 
 def load_params(path: str | Path = "params.yaml", overrides: Sequence[str] = ()) -> Params:

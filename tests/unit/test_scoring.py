@@ -352,3 +352,20 @@ def test_score_refavs_errors(refavs: tuple[Path, Path, list[dict[str, str]]], tm
         score_refavs(root, "test_s", tmp_path / "nothing")
     with pytest.raises(ScoringError, match="split"):
         score_refavs(root, "train", tmp_path)
+
+
+def test_score_revos_cli_writes_the_official_summary(revos: tuple[Path, Path, Path, Path], tmp_path: Path) -> None:
+    """`omni-r1 score revos` gives the spec's numbers (the per-frame reference) to 1e-6."""
+    from flows.cli import main
+
+    meta, masks, fg, pred_dir = revos
+    out = tmp_path / "summary.json"
+    assert main(["score", "revos", "--meta", str(meta), "--mask-dict", str(masks), "--foreground", str(fg),
+                 "--pred", str(pred_dir), "--out", str(out)]) == 0
+    written = json.loads(out.read_text())
+    _, ref = reference_revos(meta, masks, fg, pred_dir)
+    assert set(written) == {"referring", "reason", "overall"}
+    for kind in written:
+        assert set(written[kind]) == {"J", "F", "A", "R", "JF"}
+        for metric, value in written[kind].items():
+            assert abs(value - ref[kind][metric]) <= 1e-6, (kind, metric)

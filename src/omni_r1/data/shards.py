@@ -329,20 +329,25 @@ def _entry_records(shard_dir: Path, entry: dict[str, Any]) -> Iterator[dict[str,
 def read_samples(shard_dir: Path, split: str | None = None) -> Iterator[Sample]:
     """Typed samples, one per (video, expression), from the verified shards of ``split``."""
     for record in iter_records(shard_dir, split):
-        meta = record["meta"]
-        for expression in record["expressions"]:
-            masks = MaskTrack.from_json(json.dumps(expression["masks"]))
-            sample_meta = {**meta, **{k: v for k, v in expression.items() if k != "masks"}}
-            yield Sample(
-                key=f"{record['key']}/{expression['exp_id']}",
-                meta=sample_meta,
-                frame_indices=tuple(meta["frame_indices"]),
-                frame_times=tuple(meta["frame_times"]),
-                low_res=record["low"],
-                high_res=record["high"],
-                audio=record["audio"],
-                masks=masks,
-            )
+        yield from samples_of(record)
+
+
+def samples_of(record: dict[str, Any]) -> Iterator[Sample]:
+    """Expand one decoded video record into its samples (the arrays are shared, not copied)."""
+    meta = record["meta"]
+    for expression in record["expressions"]:
+        masks = MaskTrack.from_json(json.dumps(expression["masks"]))
+        sample_meta = {**meta, **{k: v for k, v in expression.items() if k != "masks"}}
+        yield Sample(
+            key=f"{record['key']}/{expression['exp_id']}",
+            meta=sample_meta,
+            frame_indices=tuple(meta["frame_indices"]),
+            frame_times=tuple(meta["frame_times"]),
+            low_res=record["low"],
+            high_res=record["high"],
+            audio=record["audio"],
+            masks=masks,
+        )
 
 
 def _decode_record(raw: dict[str, Any]) -> dict[str, Any]:

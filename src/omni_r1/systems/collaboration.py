@@ -1,0 +1,143 @@
+"""Two-system collaboration: sample -> System 1 (keyframes + rewritten task) -> System 2 (masks).
+
+One call serves inference and GRPO rollouts alike: System 1 answers ``group_size`` times for one
+video, every answer is parsed (a malformed answer becomes a counted ``AnswerParseError``, never a
+crash), and System 2 segments all parsed answers of the group in one batched call on the video's
+high-res frames, which are decoded once by the shard stage and never again.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+from PIL import Image
+
+from omni_r1.data.features import FeatureRecord
+from omni_r1.systems.answer import AnswerParseError, try_parse
+from omni_r1.systems.detail import KeyframePrompt, Segmenter, SegmentResult
+from omni_r1.systems.global_reasoning import GlobalReasoner
+from omni_r1.types import KeyframeSelection, Sample
+
+Task = Literal["revos", "refavs"]
+
+
+@dataclass(frozen=True)
+class Rollout:
+    """One System 1 answer and what System 2 made of it.
+
+    ``masks`` is (T, H, W) bool at the high-res frame size over the T sampled frames; all False when
+    the answer did not parse or chose no keyframe (``error`` or ``selection.keyframes`` says which).
+    """
+
+    completion: str
+    selection: KeyframeSelection | None
+    error: AnswerParseError | None
+    prompts: tuple[KeyframePrompt, ...]
+    segment: SegmentResult | None
+    masks: np.ndarray
+
+    @property
+    def parsed(self) -> bool:
+        return self.error is None
+
+
+@dataclass(frozen=True)
+class Collaboration:
+    """A group of rollouts for one sample, with seconds spent per phase."""
+
+    sample_key: str
+    rollouts: tuple[Rollout, ...]
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def parse_failures(self) -> int:
+        return sum(not r.parsed for r in self.rollouts)
+
+
+def keyframe_prompts(selection: KeyframeSelection, num_frames: int) -> tuple[KeyframePrompt, ...]:
+    """System 2's prompts: the selection's keyframes, clipped to the sampled frames."""
+    return tuple(KeyframePrompt(min(int(k.frame), num_frames - 1), k.description) for k in selection.keyframes)
+
+
+def collaborate(
+    sample: Sample,
+    record: FeatureRecord,
+    reasoner: GlobalReasoner,
+    segmenter: Segmenter,
+    *,
+    task: Task = "revos",
+    group_size: int = 1,
+    do_sample: bool = False,
+    seed: int | None = None,
+) -> Collaboration:
+    """Run System 1 ``group_size`` times on the sample's cached features, then System 2 on every answer."""
+    if record.key != sample.key.split("/")[0]:
+        raise ValueError(f"feature record {record.key!r} does not belong to sample {sample.key!r}")
+    num_frames = len(sample.frame_indices)
+    timings: dict[str, float] = {}
+
+    start = time.perf_counter()
+    prompt = reasoner.prompt_for(record, sample.expression, task=task, seed=seed)
+    inputs = reasoner.build_inputs(record, prompt)
+    completions = reasoner.generate(inputs, num_return_sequences=group_size, do_sample=do_sample, seed=seed)
+    timings["system1"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    parsed = [
+        try_parse(text, task=task, duration=reasoner.clip_seconds(record), num_frames=num_frames,
+                  fps=reasoner.sample_fps(record), max_keyframes=reasoner.params.max_keyframes)
+        for text in completions
+    ]
+    prompt_sets = [keyframe_prompts(p, num_frames) if isinstance(p, KeyframeSelection) else () for p in parsed]
+    timings["parse"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    wanted = [i for i, prompts in enumerate(prompt_sets) if prompts]
+    results = segmenter.segment_batch(sample.high_res, [prompt_sets[i] for i in wanted]) if wanted else []
+    by_rollout: dict[int, SegmentResult] = dict(zip(wanted, results))
+    timings["system2"] = time.perf_counter() - start
+
+    empty = np.zeros(sample.high_res.shape[:3], dtype=bool)
+    rollouts = tuple(
+        Rollout(
+            completion=text,
+            selection=p if isinstance(p, KeyframeSelection) else None,
+            error=p if isinstance(p, AnswerParseError) else None,
+            prompts=prompt_sets[i],
+            segment=by_rollout.get(i),
+            masks=by_rollout[i].masks if i in by_rollout else empty,
+        )
+        for i, (text, p) in enumerate(zip(completions, parsed))
+    )
+    return Collaboration(sample.key, rollouts, timings)
+
+
+def uniform_keyframes(sample: Sample, count: int = 4) -> tuple[KeyframePrompt, ...]:
+    """A reference policy with no System 1: ``count`` evenly spread frames, the expression as description."""
+    num_frames = len(sample.frame_indices)
+    frames = sorted({int(round(x)) for x in np.linspace(0, num_frames - 1, min(count, num_frames))})
+    return tuple(KeyframePrompt(f, sample.expression) for f in frames)
+
+
+def masks_to_native(masks: np.ndarray, height: int, width: int) -> np.ndarray:
+    """(T, h, w) bool masks at the high-res size -> (T, height, width) at the displayed native size (nearest)."""
+    if masks.shape[1:] == (height, width):
+        return masks.astype(bool)
+    return np.stack([
+        np.asarray(Image.fromarray(m.astype(np.uint8) * 255).resize((width, height), Image.NEAREST)) > 127
+        for m in masks
+    ]) if len(masks) else np.zeros((0, height, width), bool)
+
+
+def hold_to_native_frames(masks: np.ndarray, frame_indices: tuple[int, ...], num_frames: int) -> np.ndarray:
+    """Masks for every native frame from masks at the sampled frames: each takes its nearest sampled frame.
+
+    System 2 propagates over the sampled clip (the frames the shard stage decoded); the official
+    benchmarks score every native frame, so the frames in between hold the nearest sampled mask.
+    """
+    sampled = np.asarray(frame_indices)
+    nearest = np.abs(np.arange(num_frames)[:, None] - sampled[None, :]).argmin(axis=1)
+    return masks[nearest]

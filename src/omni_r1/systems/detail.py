@@ -1,0 +1,447 @@
+"""System 2, the Detail Understanding System: boxes on keyframes, then masks on every sampled frame.
+
+``build_segmenter(params)`` returns a ``Segmenter`` for ``params.backend``:
+
+- ``sam2`` (the paper's): a grounding VLM from a local checkpoint boxes each described object on its
+  keyframe (Qwen2.5-VL ``bbox_2d`` JSON, greedy decoding), then the SAM2 video predictor takes every
+  box as the prompt of its own object id on its frame and propagates it over all sampled frames.
+  Propagation runs forward from the keyframes (as the paper does) and then in reverse from the
+  latest first keyframe, so that frames before an object's keyframe get masks too: each object
+  takes the forward pass's masks from its keyframe on and the reverse pass's masks before it.
+- ``light`` (the CPU demo): the small grounder and box U-Net of ``light_models``. Each box is
+  segmented on its keyframe and tracked outward over the frames for which its keyframe is the
+  nearest one (ties go to the earlier keyframe): the previous frame's mask box, grown by a margin,
+  prompts the U-Net on the next frame. Frames owned by no keyframe do not exist: every frame has a
+  nearest keyframe.
+
+Either way each box is one object, ``masks`` is the union of the objects, and a keyframe where the
+grounder finds nothing contributes no object. ``segment_batch`` serves one GRPO group (one video,
+several answers): the grounder runs once per distinct (keyframe, description), and the per-video
+work (SAM2's ``init_state`` and image features: one pass over the frames for the whole group; the
+light backend's resized frames) is done once. Inference takes frames and text only; nothing here
+reads ground truth.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+from omni_r1.config import DetailParams
+from omni_r1.systems import light_models as lm
+from omni_r1.types import Box
+
+if TYPE_CHECKING:
+    from sam2.sam2_video_predictor import SAM2VideoPredictor
+
+__all__ = [
+    "Box", "DetailSetupError", "Grounder", "KeyframePrompt", "LightSegmenter", "ModelBoxGrounder", "SegmentResult",
+    "Segmenter", "Sam2Segmenter", "VlmGrounder", "build_sam2_predictor", "build_segmenter",
+]  # fmt: skip
+
+PHASES = ("ground", "segment", "propagate")
+JPEG_QUALITY = 95  # the SAM2 video predictor reads a folder of JPEG frames
+
+
+class DetailSetupError(ValueError):
+    """System 2 cannot be built from params.yaml; the message names the key and the fix."""
+
+
+@dataclass(frozen=True)
+class KeyframePrompt:
+    """A keyframe to ground: an index into the T sampled frames and the description to find there."""
+
+    frame: int
+    description: str
+
+
+@dataclass(frozen=True)
+class SegmentResult:
+    """System 2's output for one answer.
+
+    ``masks`` (T, H, W) bool is the union of ``object_masks`` (K, T, H, W) bool, one per box (object
+    id); ``boxes`` maps each keyframe to the boxes found there (frame pixels); ``timings`` holds
+    seconds per phase (``ground``, ``segment``, ``propagate``). In a ``segment_batch`` result the
+    ``segment`` and ``propagate`` times are those of the group's shared pass.
+    """
+
+    masks: np.ndarray
+    object_masks: np.ndarray
+    boxes: dict[int, list[Box]]
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+class Segmenter(Protocol):
+    """Frames of one video + keyframe prompts -> masks on every frame."""
+
+    def segment(self, frames: np.ndarray, prompts: Sequence[KeyframePrompt]) -> SegmentResult:
+        """``frames`` (T, H, W, 3) uint8 high-res sampled frames of one video; masks cover all T frames."""
+        ...
+
+    def segment_batch(self, frames: np.ndarray, prompt_sets: Sequence[Sequence[KeyframePrompt]]) -> list[SegmentResult]:
+        """One video, a group of answers (GRPO rollouts): one result per prompt set, per-video work shared."""
+        ...
+
+
+class Grounder(Protocol):
+    """One frame (H, W, 3) uint8 + a description -> boxes in that frame's pixels (possibly none)."""
+
+    def ground(self, frame: np.ndarray, description: str) -> list[Box]: ...
+
+
+# ----------------------------------------------------------------------------------------------- factory
+
+
+def build_segmenter(params: DetailParams) -> Segmenter:
+    """The ``Segmenter`` of ``params.backend``, with its grounder; checkpoints are checked before loading."""
+    if params.backend == "light":
+        path = Path(params.light_checkpoint)
+        if not (path / lm.CONFIG_NAME).is_file():
+            raise DetailSetupError(
+                f"detail.light_checkpoint: {path} holds no trained light detail models ({lm.CONFIG_NAME} missing); "
+                "train them first (the detail training stage, train_light_models) or point detail.light_checkpoint "
+                "in params.yaml at a trained checkpoint folder"
+            )
+        models = lm.load_light_models(path, params.device)
+        return LightSegmenter(models, ModelBoxGrounder(models, params.max_objects), params.max_objects)
+    if params.backend == "sam2":
+        _check_sam2_paths(params)
+        grounder = VlmGrounder.from_checkpoint(params.grounder_checkpoint, params.device, params.max_objects)
+        return Sam2Segmenter(build_sam2_predictor(params), grounder, params.max_objects)
+    raise DetailSetupError(f"detail.backend {params.backend!r} is unknown; use 'light' or 'sam2' in params.yaml")
+
+
+def _check_sam2_paths(params: DetailParams) -> None:
+    grounder = Path(params.grounder_checkpoint) if params.grounder_checkpoint else None
+    if grounder is None or not grounder.is_dir():
+        raise DetailSetupError(
+            f"detail.grounder_checkpoint {params.grounder_checkpoint!r} is not a local folder: the sam2 backend "
+            "needs a transformers VLM that answers Qwen2.5-VL bbox_2d JSON (e.g. a downloaded "
+            "Qwen2.5-VL-7B-Instruct or Qwen2.5-Omni-7B); set detail.grounder_checkpoint to its folder, or use detail.backend: light"
+        )
+    if params.sam2_checkpoint and not Path(params.sam2_checkpoint).is_file():
+        raise DetailSetupError(
+            f"detail.sam2_checkpoint: {params.sam2_checkpoint} does not exist; download the SAM2.1 checkpoint that "
+            f"matches detail.sam2_config ({params.sam2_config}, e.g. sam2.1_hiera_large.pt) and set its path "
+            "(empty means random weights, for tests only)"
+        )
+
+
+# ----------------------------------------------------------------------------------------------- shared steps
+
+
+def _check_inputs(frames: np.ndarray, prompt_sets: Sequence[Sequence[KeyframePrompt]]) -> None:
+    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8 or frames.shape[0] == 0:
+        raise ValueError(f"System 2 needs frames as non-empty uint8 (T, H, W, 3), got {frames.dtype} {frames.shape}")
+    for prompts in prompt_sets:
+        for prompt in prompts:
+            if not 0 <= prompt.frame < frames.shape[0]:
+                raise ValueError(f"keyframe {prompt.frame} is outside the {frames.shape[0]} sampled frames; "
+                                 "System 1's answer must be parsed with the clip's frame count")
+
+
+def _ground_sets(
+    grounder: Grounder, frames: np.ndarray, prompt_sets: Sequence[Sequence[KeyframePrompt]], max_objects: int
+) -> tuple[list[dict[int, list[Box]]], list[float]]:
+    """Boxes per keyframe for each prompt set, and seconds per set; each (frame, description) is grounded once."""
+    cache: dict[tuple[int, str], list[Box]] = {}
+    results, seconds = [], []
+    for prompts in prompt_sets:
+        started = time.perf_counter()
+        boxes: dict[int, list[Box]] = {}
+        for prompt in prompts:
+            key = (prompt.frame, prompt.description)
+            if key not in cache:
+                cache[key] = list(grounder.ground(frames[prompt.frame], prompt.description))[:max_objects]
+            found = boxes.setdefault(prompt.frame, [])
+            found.extend(cache[key][: max_objects - len(found)])
+        results.append({k: v for k, v in sorted(boxes.items()) if v})
+        seconds.append(time.perf_counter() - started)
+    return results, seconds
+
+
+def _objects(boxes: dict[int, list[Box]]) -> list[tuple[int, Box]]:
+    """(keyframe, box) per object id, keyframes ascending, boxes in grounder order."""
+    return [(frame, box) for frame in sorted(boxes) for box in boxes[frame]]
+
+
+def _result(object_masks: np.ndarray, boxes: dict[int, list[Box]], timings: dict[str, float]) -> SegmentResult:
+    rounded = {phase: round(timings.get(phase, 0.0), 4) for phase in PHASES}
+    return SegmentResult(object_masks.any(axis=0), object_masks, boxes, rounded)
+
+
+# ----------------------------------------------------------------------------------------------- light backend
+
+
+class ModelBoxGrounder:
+    """The light grounder as a ``Grounder``: heatmap blobs of the described object, as boxes in frame pixels."""
+
+    def __init__(self, models: lm.LightModels, max_objects: int) -> None:
+        self.models = models
+        self.max_objects = max_objects
+
+    def ground(self, frame: np.ndarray, description: str) -> list[Box]:
+        image = lm.resize_frames(frame[None], self.models.size)[0]
+        h, w = frame.shape[:2]
+        return [lm.to_box(b, self.models.size, w, h) for b in self.models.ground(image, description, self.max_objects)]
+
+
+class LightSegmenter:
+    """The CPU demo's System 2: a grounder plus the box U-Net, tracking each box over its keyframe's frames."""
+
+    def __init__(self, models: lm.LightModels, grounder: Grounder, max_objects: int) -> None:
+        self.models = models
+        self.grounder = grounder
+        self.max_objects = max_objects
+
+    def segment(self, frames: np.ndarray, prompts: Sequence[KeyframePrompt]) -> SegmentResult:
+        return self.segment_batch(frames, [prompts])[0]
+
+    def segment_batch(self, frames: np.ndarray, prompt_sets: Sequence[Sequence[KeyframePrompt]]) -> list[SegmentResult]:
+        _check_inputs(frames, prompt_sets)
+        boxes_per_set, ground_seconds = _ground_sets(self.grounder, frames, prompt_sets, self.max_objects)
+        images = lm.resize_frames(frames, self.models.size)  # per video, shared by the group
+        tracks: dict[tuple[Any, ...], tuple[np.ndarray, float, float]] = {}
+        results = []
+        for boxes, seconds in zip(boxes_per_set, ground_seconds):
+            timings = {"ground": seconds, "segment": 0.0, "propagate": 0.0}
+            owners = _owners(sorted(boxes), frames.shape[0])
+            stack = []
+            for frame, box in _objects(boxes):
+                lo, hi = owners[frame]
+                key = (frame, box.x1, box.y1, box.x2, box.y2, lo, hi)
+                if key not in tracks:  # identical answers in a group share their tracks
+                    tracks[key] = self._track(images, frames.shape[1:3], frame, box, lo, hi)
+                masks, seg_s, prop_s = tracks[key]
+                timings["segment"] += seg_s
+                timings["propagate"] += prop_s
+                stack.append(masks)
+            object_masks = np.stack(stack) if stack else np.zeros((0, *frames.shape[:3]), dtype=bool)
+            results.append(_result(object_masks, boxes, timings))
+        return results
+
+    def _track(self, images: torch.Tensor, hw: tuple[int, int], frame: int, box: Box, lo: int, hi: int,
+               ) -> tuple[np.ndarray, float, float]:
+        """Masks (T, H, W) of one box: segmented on ``frame``, tracked outward over ``lo..hi``, empty elsewhere."""
+        h, w = hw
+        size = self.models.size
+        out = np.zeros((images.shape[0], h, w), dtype=bool)
+        started = time.perf_counter()
+        prompt = lm.from_box(box, size, w, h)
+        logits = self.models.segment(images[frame][None], [prompt])
+        out[frame] = lm.upsample_masks(logits, h, w)[0]
+        start_box = lm.mask_box((logits[0] > 0).numpy()) or prompt
+        seg_s = time.perf_counter() - started
+        started = time.perf_counter()
+        for step in (1, -1):
+            last = start_box
+            t = frame + step
+            while lo <= t <= hi:
+                logits = self.models.segment(images[t][None], [lm.grow_box(last, size)])
+                found = lm.mask_box((logits[0] > 0).numpy())
+                # A lost object keeps its last box: it may be occluded or out of frame for a while.
+                last = found or last
+                out[t] = lm.upsample_masks(logits, h, w)[0] if found else False
+                t += step
+        return out, seg_s, time.perf_counter() - started
+
+
+def _owners(keyframes: list[int], num_frames: int) -> dict[int, tuple[int, int]]:
+    """Per keyframe, the frame range (inclusive) nearer to it than to any other keyframe; ties go to the earlier."""
+    owners = {}
+    for i, k in enumerate(keyframes):
+        lo = 0 if i == 0 else (keyframes[i - 1] + k) // 2 + 1
+        hi = num_frames - 1 if i == len(keyframes) - 1 else (k + keyframes[i + 1]) // 2
+        owners[k] = (lo, hi)
+    return owners
+
+
+# ----------------------------------------------------------------------------------------------- sam2 backend
+
+
+def build_sam2_predictor(params: DetailParams) -> SAM2VideoPredictor:
+    """The SAM2 video predictor of ``params.sam2_config`` at ``params.sam2_image_size``.
+
+    sam2's own loader reads the checkpoint with ``torch.load(weights_only=True)`` and
+    ``load_state_dict`` in strict mode, so a missing or unexpected key fails here. An empty
+    ``sam2_checkpoint`` gives random weights (tests only).
+    """
+    from hydra.errors import MissingConfigException
+    from sam2.build_sam import build_sam2_video_predictor
+
+    checkpoint = params.sam2_checkpoint or None
+    if checkpoint is not None and not Path(checkpoint).is_file():
+        raise DetailSetupError(f"detail.sam2_checkpoint: {checkpoint} does not exist; set it to a local SAM2.1 .pt "
+                               "(empty means random weights, for tests only)")
+    try:
+        predictor = build_sam2_video_predictor(
+            params.sam2_config, ckpt_path=checkpoint, device=params.device,
+            hydra_overrides_extra=[f"++model.image_size={params.sam2_image_size}"],
+        )  # fmt: skip
+    except MissingConfigException as err:
+        raise DetailSetupError(f"detail.sam2_config {params.sam2_config!r} is not a config of the sam2 package; use "
+                               "e.g. configs/sam2.1/sam2.1_hiera_l.yaml") from err
+    except (RuntimeError, KeyError) as err:
+        if checkpoint is None:
+            raise
+        raise DetailSetupError(f"detail.sam2_checkpoint: {checkpoint} does not load strictly into "
+                               f"{params.sam2_config} ({type(err).__name__}: {str(err)[:300]}); use the checkpoint "
+                               "that matches detail.sam2_config") from err
+    if torch.device(params.device).type == "cpu":
+        # sam2 stores memory features in bfloat16 and expects CUDA autocast to match them with float32
+        # weights; bfloat16 autocast on CPU is about 4x slower than float32, so on CPU the memory
+        # attention gets its bfloat16 inputs back in float32 instead.
+        predictor.memory_attention.register_forward_pre_hook(_float32_inputs, with_kwargs=True)
+    return predictor
+
+
+def _float32_inputs(module: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]):
+    def cast(value: Any) -> Any:
+        return value.float() if isinstance(value, torch.Tensor) and value.dtype == torch.bfloat16 else value
+
+    return tuple(cast(a) for a in args), {k: cast(v) for k, v in kwargs.items()}
+
+
+class Sam2Segmenter:
+    """Grounding boxes prompt the SAM2 video predictor, one object id per box; a group shares one pass."""
+
+    def __init__(self, predictor: SAM2VideoPredictor, grounder: Grounder, max_objects: int) -> None:
+        self.predictor = predictor
+        self.grounder = grounder
+        self.max_objects = max_objects
+        self.device = torch.device(predictor.device)
+
+    def segment(self, frames: np.ndarray, prompts: Sequence[KeyframePrompt]) -> SegmentResult:
+        return self.segment_batch(frames, [prompts])[0]
+
+    def segment_batch(self, frames: np.ndarray, prompt_sets: Sequence[Sequence[KeyframePrompt]]) -> list[SegmentResult]:
+        _check_inputs(frames, prompt_sets)
+        boxes_per_set, ground_seconds = _ground_sets(self.grounder, frames, prompt_sets, self.max_objects)
+        # Every (answer, keyframe, box) gets its own object id in one shared pass over the video. Ids
+        # go in keyframe order: SAM2 caches the features of one frame only, so prompts on the same
+        # frame are added one after another.
+        flat = sorted(((frame, set_index, box) for set_index, boxes in enumerate(boxes_per_set)
+                       for frame, box in _objects(boxes)), key=lambda item: item[0])
+        owners = [set_index for _, set_index, _ in flat]
+        masks, timings = self._propagate(frames, [(frame, box) for frame, _, box in flat])
+        results = []
+        for set_index, (boxes, seconds) in enumerate(zip(boxes_per_set, ground_seconds)):
+            mine = [i for i, owner in enumerate(owners) if owner == set_index]
+            results.append(_result(masks[mine], boxes, {**timings, "ground": seconds}))
+        return results
+
+    def _propagate(self, frames: np.ndarray, objects: list[tuple[int, Box]]) -> tuple[np.ndarray, dict[str, float]]:
+        """(K, T, H, W) masks of the objects: forward from each keyframe, reverse before it."""
+        masks = np.zeros((len(objects), *frames.shape[:3]), dtype=bool)
+        if not objects:
+            return masks, {"segment": 0.0, "propagate": 0.0}
+        first = np.array([frame for frame, _ in objects])
+        with tempfile.TemporaryDirectory(prefix="omni-r1-sam2-") as folder, self._precision():
+            started = time.perf_counter()
+            _write_jpegs(frames, Path(folder))
+            state = self.predictor.init_state(folder)
+            for obj_id, (frame, box) in enumerate(objects):
+                self.predictor.add_new_points_or_box(state, frame_idx=frame, obj_id=obj_id,
+                                                     box=np.array([box.x1, box.y1, box.x2, box.y2], dtype=np.float32))
+            segment_s = time.perf_counter() - started
+            started = time.perf_counter()
+            for t, ids, logits in self.predictor.propagate_in_video(state):
+                self._store(masks, t, ids, logits, first <= t)
+            latest = int(first.max())
+            if latest > 0:
+                reverse = self.predictor.propagate_in_video(state, start_frame_idx=latest,
+                                                            max_frame_num_to_track=latest, reverse=True)
+                for t, ids, logits in reverse:
+                    self._store(masks, t, ids, logits, first > t)
+            propagate_s = time.perf_counter() - started
+        return masks, {"segment": segment_s, "propagate": propagate_s}
+
+    @staticmethod
+    def _store(masks: np.ndarray, t: int, ids: Sequence[int], logits: torch.Tensor, wanted: np.ndarray) -> None:
+        frame_masks = (logits[:, 0] > 0).cpu().numpy()
+        for row, obj_id in enumerate(ids):
+            if wanted[obj_id]:
+                masks[obj_id, t] = frame_masks[row]
+
+    def _precision(self) -> contextlib.AbstractContextManager[Any]:
+        # SAM2 runs in bfloat16 autocast on CUDA, as its authors and the paper run it; float32 on CPU.
+        if self.device.type == "cuda":
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+
+def _write_jpegs(frames: np.ndarray, folder: Path) -> None:
+    """Frames as ``<index>.jpg``, the folder layout ``SAM2VideoPredictor.init_state`` reads."""
+    for index, frame in enumerate(frames):
+        Image.fromarray(frame, mode="RGB").save(folder / f"{index:05d}.jpg", quality=JPEG_QUALITY)
+
+
+# ----------------------------------------------------------------------------------------------- grounding VLM
+
+
+class VlmGrounder:
+    """A transformers VLM that answers Qwen2.5-VL ``bbox_2d`` JSON, asked with the paper's grounding prompt.
+
+    Greedy decoding. The answer's boxes are in the processor's resized-image pixels: for Qwen2-VL
+    style processors that size is ``image_grid_thw`` times the patch size; a processor without a
+    grid is taken to answer in original pixels. A malformed answer grounds nothing (and is counted
+    in ``parse_failures``).
+    """
+
+    def __init__(self, model: Any, processor: Any, max_objects: int, max_new_tokens: int = 128) -> None:
+        self.model = model
+        self.processor = processor
+        self.max_objects = max_objects
+        self.max_new_tokens = max_new_tokens
+        self.parse_failures = 0
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, device: str, max_objects: int) -> VlmGrounder:
+        from transformers import AutoModelForImageTextToText, AutoProcessor
+
+        path = Path(path)
+        try:
+            processor = AutoProcessor.from_pretrained(path, local_files_only=True)
+            model = AutoModelForImageTextToText.from_pretrained(path, local_files_only=True)
+        except (OSError, ValueError) as err:
+            raise DetailSetupError(f"detail.grounder_checkpoint: {path} does not load as a transformers VLM "
+                                   f"({str(err)[:300]}); point it at a local image-text-to-text checkpoint") from err
+        return cls(model.to(device).eval(), processor, max_objects)
+
+    @torch.no_grad()
+    def ground(self, frame: np.ndarray, description: str) -> list[Box]:
+        from omni_r1.systems.answer import AnswerParseError, try_parse_boxes
+        from omni_r1.systems.prompts import grounding_prompt
+
+        image = Image.fromarray(frame, mode="RGB")
+        content = [{"type": "image"}, {"type": "text", "text": grounding_prompt(description)}]
+        messages = [{"role": "user", "content": content}]
+        text = self.processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        inputs = self.processor(text=[text], images=[image], return_tensors="pt")
+        inputs = {k: v.to(self.model.device) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
+        output = self.model.generate(**inputs, do_sample=False, max_new_tokens=self.max_new_tokens)
+        prompt_length = inputs["input_ids"].shape[1]
+        answer = self.processor.batch_decode(output[:, prompt_length:], skip_special_tokens=True)[0]
+        boxes = try_parse_boxes(answer, resized_size=self._resized_size(inputs, frame),
+                                original_size=(frame.shape[1], frame.shape[0]))
+        if isinstance(boxes, AnswerParseError):
+            self.parse_failures += 1
+            return []
+        return list(boxes[: self.max_objects])
+
+    def _resized_size(self, inputs: dict[str, Any], frame: np.ndarray) -> tuple[int, int]:
+        """(width, height) of the image the model saw."""
+        grid = inputs.get("image_grid_thw")
+        if grid is None:
+            return frame.shape[1], frame.shape[0]
+        patch = int(getattr(getattr(self.processor, "image_processor", None), "patch_size", 14))
+        _, grid_h, grid_w = (int(v) for v in grid[0])
+        return grid_w * patch, grid_h * patch

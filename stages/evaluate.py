@@ -1,0 +1,37 @@
+"""Stage ``evaluate``: score the prediction PNGs -> ``data/eval/metrics.json`` (DVC metrics) + per-sample JSONL."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from omni_r1.eval.evaluate import evaluate
+from omni_r1.fileio import atomic_write_json, atomic_write_text
+from stages.common import parse, parser
+
+log = logging.getLogger("stages.evaluate")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = parser("evaluate", __doc__ or "")
+    p.add_argument("--shards", type=Path, default=Path("data/shards"))
+    p.add_argument("--predictions", type=Path, default=Path("data/predictions"))
+    p.add_argument("--out", type=Path, default=Path("data/eval"))
+    args, params = parse(p, argv)
+    rows_file = args.predictions / "rows.jsonl"
+    predict_rows = [json.loads(line) for line in rows_file.read_text().splitlines() if line.strip()]
+    summary, rows = evaluate(args.shards, args.predictions, params.predict.split, params.predict.policies,
+                             predict_rows)
+    atomic_write_text(args.out / "samples.jsonl", "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
+    atomic_write_json(args.out / "metrics.json", summary)
+    for policy, s in summary.items():
+        log.info("%s: overall J&F %s over %d samples, %d System 1 parse failures", policy,
+                 s.get("overall", {}).get("JF"), s["samples"], s["parse_failures"])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

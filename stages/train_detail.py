@@ -1,0 +1,44 @@
+"""Stage ``train_detail``: train the light Detail Understanding System (grounder + box U-Net) on the shards.
+
+Only for ``detail.backend: light`` (the CPU demo); the sam2 backend uses local checkpoints instead.
+Training reads train and val shards (truth masks are training targets); inference never does.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from tqdm.auto import tqdm
+
+from omni_r1.data.shards import read_samples
+from omni_r1.fileio import atomic_write_json
+from omni_r1.systems.light_models import train_light_models
+from stages.common import parse, parser
+
+log = logging.getLogger("stages.train_detail")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = parser("train_detail", __doc__ or "")
+    p.add_argument("--shards", type=Path, default=Path("data/shards"))
+    p.add_argument("--out", type=Path, default=None, help="checkpoint folder (default detail.light_checkpoint)")
+    p.add_argument("--metrics", type=Path, default=Path("data/metrics/train_detail.json"))
+    args, params = parse(p, argv)
+    out = args.out or Path(params.detail.light_checkpoint)
+    samples = [s for split in ("train", "val") for s in read_samples(args.shards, split)]
+    with tqdm(total=params.detail.light_steps * 2, desc="train_detail", unit="step", dynamic_ncols=True) as bar:
+        def advance(model: str, step: int, total: int, loss: float) -> None:
+            bar.set_postfix_str(f"{model} loss {loss:.3f}")
+            bar.update(1)
+
+        metrics = train_light_models(samples, params.detail, out, progress=advance)
+    atomic_write_json(args.metrics, metrics)
+    log.info("light detail models -> %s: %s", out, {k: v for k, v in metrics.items() if not isinstance(v, (list, dict))})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
