@@ -13,7 +13,8 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def test_stage_names_follow_dvc_yaml() -> None:
-    assert stage_names(REPO / "dvc.yaml") == ["synth", "ingest", "validate", "shard", "features"]
+    assert stage_names(REPO / "dvc.yaml") == ["synth", "ingest", "validate", "shard", "features", "train_detail",
+                                              "predict", "evaluate", "report"]
 
 
 def test_deployment_has_the_cron_schedule() -> None:
@@ -25,7 +26,7 @@ def test_deployment_has_the_cron_schedule() -> None:
 
 
 def test_chunking_balances_and_keeps_order() -> None:
-    assert chunk_size(100, 2) == 13 and chunk_size(3, 2) == 1 and chunk_size(0, 2) == 1
+    assert chunk_size(100, 2) == 25 and chunk_size(3, 2) == 1 and chunk_size(0, 2) == 1
     assert [x for c in chunked(list(range(10)), 3) for x in c] == list(range(10))
 
 

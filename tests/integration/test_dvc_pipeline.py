@@ -21,7 +21,11 @@ BIN = Path(sys.executable).parent
 SMALL = {
     "synth": {"videos": 3, "width": 96, "height": 64, "fps": 10, "seconds": 2.0},
     "data": {"low_res": 64, "high_res": 96, "max_frames": 6},
+    "detail": {"light_steps": 2, "light_batch": 4, "light_size": 32},
+    "global_reasoning": {"max_new_tokens": 8},
 }
+DATA_STAGES = ["synth", "ingest", "validate", "shard", "features"]
+MODEL_STAGES = ["train_detail", "predict", "evaluate", "report"]
 
 
 def _git(repo: Path, *args: str) -> None:
@@ -45,7 +49,7 @@ def project(tmp_path_factory: pytest.TempPathFactory, prefect_harness: None) -> 
     from prefect.settings import PREFECT_API_URL
 
     repo = tmp_path_factory.mktemp("dvc-project")
-    for folder in ("src", "stages", "flows"):
+    for folder in ("src", "stages", "flows", "reports"):
         shutil.copytree(REPO / folder, repo / folder, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
     shutil.copy(REPO / "dvc.yaml", repo / "dvc.yaml")
     params = yaml.safe_load((REPO / "params.yaml").read_text())
@@ -65,7 +69,7 @@ def project(tmp_path_factory: pytest.TempPathFactory, prefect_harness: None) -> 
 def test_flow_runs_every_stage_in_graph_order(project: Path) -> None:
     results = pipeline(repo=str(project), dvc=str(BIN / "dvc"))
     assert [r["stage"] for r in results] == stage_names(project / "dvc.yaml")
-    assert [r["stage"] for r in results] == ["synth", "ingest", "validate", "shard", "features"]
+    assert [r["stage"] for r in results] == DATA_STAGES + MODEL_STAGES
     assert all(r["status"] == "ran" for r in results)
     assert (project / "dvc.lock").is_file()
     assert list((project / "data/shards").glob("*.tar")) and list((project / "data/features").glob("*.safetensors"))
@@ -85,5 +89,5 @@ def test_shard_param_reruns_only_the_stages_after_it(project: Path) -> None:
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     out = _dvc(project, "repro")
     ran = {line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage")}
-    assert ran == {"shard", "features"}, out
+    assert ran == {"shard", "features", *MODEL_STAGES}, out  # not synth, ingest or validate
     assert len(list((project / "data/shards").glob("*.tar"))) == 3  # one video per shard now

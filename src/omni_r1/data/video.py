@@ -334,6 +334,7 @@ def decode_video(
     *,
     with_audio: bool,
     duration: float,
+    threads: int = 1,
 ) -> DecodedVideo:
     """Decode the native frames ``indices`` (strictly increasing) at two sizes, plus 16 kHz mono audio.
 
@@ -341,14 +342,22 @@ def decode_video(
     frame number, splits them, and scales each branch to an explicit (width, height) with square
     pixels. The high-res frames come back on stdout; the low-res frames, the audio and ffmpeg's
     messages go to files in a temporary folder (two pipes read by one thread could deadlock).
+
+    ``threads`` is ffmpeg's decoder thread count. It is 1 because the shard stage already decodes
+    several videos at once, one ffmpeg each: frame-threaded decoding then only adds synchronisation,
+    and two such decodes on two cores gave about 15% fewer frames/s (bench/shard_throughput.py).
+    0 lets ffmpeg choose, which is faster for a single video on an otherwise idle machine.
     """
     path = Path(path)
     wanted = _checked_indices(indices)
+    if threads < 0:
+        raise ValueError(f"decode_video needs threads >= 0 (0 lets ffmpeg choose), got {threads}")
     _check_file(path)
     with tempfile.TemporaryDirectory(prefix="omni-r1-decode-") as tmp:
         low_file = Path(tmp) / "low.rgb"
         audio_file = Path(tmp) / "audio.f32"
-        command = _decode_command(path, wanted, low_size, high_size, low_file, audio_file if with_audio else None)
+        command = _decode_command(path, wanted, low_size, high_size, low_file, audio_file if with_audio else None,
+                                  threads)
         with open(Path(tmp) / "stderr.txt", "w+b") as stderr:
             high_bytes, returncode = _run_reading_stdout(command, stderr, len(wanted) * high_size[0] * high_size[1] * 3)
             if returncode != 0:
@@ -431,6 +440,7 @@ def _decode_command(
     high_size: tuple[int, int],
     low_file: Path,
     audio_file: Path | None,
+    threads: int = 1,
 ) -> list[str]:
     # [0:V:0] is the first video stream that is not cover art. ffmpeg applies any display rotation
     # before this graph, so frames come out in displayed orientation; setsar=1 after an explicit
@@ -444,7 +454,7 @@ def _decode_command(
     raw_video = ["-fps_mode", "passthrough", "-f", "rawvideo", "-pix_fmt", "rgb24"]
     command = [
         ffmpeg_exe(), "-nostdin", "-hide_banner", "-loglevel", "error", "-xerror",
-        "-i", str(path), "-filter_complex", graph,
+        "-threads", str(threads), "-i", str(path), "-filter_complex", graph,
         "-map", "[high]", *raw_video, "pipe:1",
         "-map", "[low]", *raw_video, str(low_file),
     ]  # fmt: skip

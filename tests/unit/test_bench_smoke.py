@@ -1,0 +1,64 @@
+"""Smoke test of bench/shard_throughput.py: it runs end to end on tiny clips and prints its figures last.
+
+No timing is asserted (CI machines are shared); only that the real shard path ran and the
+summary line parses into positive numbers.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+RATIO_LINE = re.compile(
+    r"ratio shard/raw = (?P<ratio>[\d.]+) \(shard (?P<shard>[\d.]+) frames/s, raw (?P<raw>[\d.]+) frames/s, "
+    r"(?P<videos>\d+) videos x (?P<frames>\d+) frames, (?P<workers>\d+) workers, thread runner\)"
+)
+
+
+def _load_bench(monkeypatch: pytest.MonkeyPatch) -> ModuleType:
+    # The script sets environment defaults on import; preset the one conftest does not, so that
+    # monkeypatch restores it after the test and nothing leaks into the session.
+    monkeypatch.setenv("TQDM_DISABLE", "1")
+    spec = importlib.util.spec_from_file_location("shard_throughput", REPO / "bench" / "shard_throughput.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, module)  # dataclasses look their module up while it runs
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_bench_prints_ratio_last(prefect_harness: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                 capsys: pytest.CaptureFixture[str]) -> None:
+    bench = _load_bench(monkeypatch)
+    argv = ["--videos", "2", "--seconds", "1", "--size", "160x120", "--fps", "10", "--repeats", "1",
+            "--cache-dir", str(tmp_path / "cache"), "--low-res", "64", "--high-res", "96"]
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+
+    # A flow run's heartbeat thread sleeps in 1 s steps and is joined at the end: up to a second or
+    # more per fan-out, twice here. Heartbeats only matter for monitored deployments.
+    with temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+        assert bench.main(argv) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    match = RATIO_LINE.fullmatch(lines[-1])
+    assert match is not None, lines[-1]
+    assert float(match["ratio"]) > 0 and float(match["shard"]) > 0 and float(match["raw"]) > 0
+    # 2 clips of 1 s at 10 fps: the probe's frame count is what both measurements counted.
+    assert (int(match["videos"]), int(match["frames"]), int(match["workers"])) == (2, 10, 2)
+    assert not any(line.startswith("warning:") for line in lines), lines
+    assert sorted(p.name for p in (tmp_path / "cache").glob("*/videos/*.mp4")) == ["bench0000.mp4", "bench0001.mp4"]
+    assert not list((tmp_path / "cache").glob("*/.shards-*")), "the benchmark's shard output must be removed"
+
+
+def test_size_argument_is_checked(monkeypatch: pytest.MonkeyPatch) -> None:
+    bench = _load_bench(monkeypatch)
+    assert bench._size("640x360") == (640, 360)
+    with pytest.raises(Exception, match="WIDTHxHEIGHT"):
+        bench._size("640")
+    with pytest.raises(Exception, match="even sides"):
+        bench._size("641x360")
