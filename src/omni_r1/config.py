@@ -162,7 +162,7 @@ class DetailParams:
     # light backend (CPU demo): a small grounder and a box-prompted U-Net trained on the synthetic data.
     light_checkpoint: str = "data/models/detail"
     light_size: int = 128
-    light_steps: int = 300
+    light_steps: int = 200
     light_batch: int = 16
     light_lr: float = 0.003
     seed: int = 0
