@@ -16,7 +16,7 @@ What is measured
   frames/s = frames / wall seconds.
 - shard: the stage's own path (``stages/shard.py``): ``ingest`` -> ``rows_from_frame`` ->
   ``group_by_video`` -> ``flows.fanout.map_chunks(shard_video, ...)`` with records written by a
-  ``ShardSetWriter`` as they arrive, then ``writer.close()`` (which hashes the shards). Frames =
+  ``ShardSink`` (the stage's writer) as they arrive, then ``sink.close()``. Frames =
   ``ShardTally.frames_decoded`` (native frames the decoder went through); frames/s = frames / wall
   seconds of map_chunks + close. Ingest (probing) is timed once and reported apart.
 - Prefect's ephemeral API start (seconds, once per process) is a fixed cost per stage run, not
@@ -65,8 +65,8 @@ if "PREFECT_HOME" not in os.environ:
 from omni_r1.config import DataParams, IngestParams  # noqa: E402
 from omni_r1.data.ffmpeg import ffmpeg_exe  # noqa: E402
 from omni_r1.data.masks import encode_rle  # noqa: E402
-from omni_r1.data.pipeline import ShardOutcome, ShardTally, ingest, rows_from_frame, shard_video  # noqa: E402
-from omni_r1.data.shards import SamplingPlan, ShardSetWriter, group_by_video  # noqa: E402
+from omni_r1.data.pipeline import ShardSink, ingest, rows_from_frame, shard_video  # noqa: E402
+from omni_r1.data.shards import SamplingPlan, group_by_video  # noqa: E402
 from omni_r1.data.video import probe  # noqa: E402
 from omni_r1.types import ManifestRow  # noqa: E402
 
@@ -212,21 +212,12 @@ def time_stage(groups: list[list[ManifestRow]], root: Path, plan: SamplingPlan, 
     """The shard stage's fan-out and writing, as stages/shard.py runs them; frames from its tally."""
     from flows.fanout import map_chunks
 
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    writer = ShardSetWriter(out_dir, VIDEOS_PER_SHARD)
-    tally = ShardTally()
-
-    def keep(outcome: ShardOutcome) -> ShardOutcome:
-        if outcome.record is not None:
-            writer.write(outcome.record)
-        tally.add(outcome)
-        return outcome.summary()
-
+    sink = ShardSink(out_dir, VIDEOS_PER_SHARD)
     cpu, start = cpu_seconds(), time.perf_counter()
     map_chunks(shard_video, groups, common=(root, plan), stage="shard", task_runner=task_runner, workers=workers,
-               on_result=keep)
-    writer.close({"sampling": vars(plan)})
+               on_result=sink.keep)
+    sink.close(plan)
+    tally = sink.tally
     seconds, cpu = time.perf_counter() - start, cpu_seconds() - cpu
     if tally.quarantine:
         first = tally.quarantine[0]

@@ -8,7 +8,6 @@ video order by this process as they arrive. An undecodable video is quarantined 
 from __future__ import annotations
 
 import logging
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -17,8 +16,8 @@ from typing import Sequence
 import pandas as pd
 
 from flows.fanout import map_chunks
-from omni_r1.data.pipeline import ShardOutcome, ShardTally, quarantine_json, rows_from_frame, sampling_plan, shard_video
-from omni_r1.data.shards import ShardSetWriter, group_by_video
+from omni_r1.data.pipeline import ShardSink, rows_from_frame, sampling_plan, shard_video
+from omni_r1.data.shards import group_by_video
 from omni_r1.fileio import atomic_write_json
 from stages.common import parse, parser
 
@@ -34,23 +33,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     args, params = parse(p, argv)
     root = args.root or Path(params.data.root)
     groups = group_by_video(rows_from_frame(pd.read_parquet(args.manifest)))
-    if args.out.exists():  # stale shards from an earlier run must not mix with this one
-        shutil.rmtree(args.out)
-    writer = ShardSetWriter(args.out, params.shard.videos_per_shard)
-    tally = ShardTally()
-
-    def keep(outcome: ShardOutcome) -> ShardOutcome:
-        if outcome.record is not None:
-            writer.write(outcome.record)
-        tally.add(outcome)
-        return outcome.summary()
-
+    sink = ShardSink(args.out, params.shard.videos_per_shard)
+    plan = sampling_plan(params.data)
     start = time.perf_counter()
     fan = params.shard.fanout
-    map_chunks(shard_video, groups, common=(root, sampling_plan(params.data)), stage="shard",
-               task_runner=fan.task_runner, workers=fan.workers, on_result=keep)
-    atomic_write_json(args.out / "quarantine.json", quarantine_json(tally.quarantine))
-    manifest = writer.close({"sampling": vars(sampling_plan(params.data))})
+    map_chunks(shard_video, groups, common=(root, plan), stage="shard", task_runner=fan.task_runner,
+               workers=fan.workers, on_result=sink.keep)
+    manifest = sink.close(plan)
+    tally = sink.tally
     metrics = tally.metrics(time.perf_counter() - start)
     atomic_write_json(args.metrics, {**metrics, "shards": len(manifest["shards"])})
     for entry in tally.quarantine:

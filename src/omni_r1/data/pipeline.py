@@ -6,6 +6,7 @@ Stages (``stages/*.py``) parse arguments, load params and call one function here
 
 from __future__ import annotations
 
+import shutil
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -16,7 +17,8 @@ import pandas as pd
 
 from omni_r1.config import DataParams, FeaturesParams, IngestParams
 from omni_r1.data.formats import read_layout
-from omni_r1.data.shards import SamplingPlan, VideoRecord, build_record, iter_shard
+from omni_r1.data.shards import SamplingPlan, ShardSetWriter, VideoRecord, build_record, iter_shard
+from omni_r1.fileio import atomic_write_json
 from omni_r1.data.video import MediaError
 from omni_r1.types import ManifestRow, QuarantineEntry
 
@@ -121,6 +123,31 @@ class ShardTally:
             "wall_seconds": round(wall_seconds, 3),
             "frames_per_second": round(self.frames_decoded / wall_seconds, 1) if wall_seconds > 0 else 0.0,
         }
+
+
+class ShardSink:
+    """Streams shard outcomes to disk in arrival order: records into the shard writer, counts into a tally.
+
+    Stale shards of an earlier run are removed first so that they never mix with this one; the
+    quarantine report and then the shard manifest (the completion marker) are written by ``close``.
+    """
+
+    def __init__(self, out_dir: Path, videos_per_shard: int) -> None:
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        self.out_dir = out_dir
+        self.writer = ShardSetWriter(out_dir, videos_per_shard)
+        self.tally = ShardTally()
+
+    def keep(self, outcome: ShardOutcome) -> ShardOutcome:
+        if outcome.record is not None:
+            self.writer.write(outcome.record)
+        self.tally.add(outcome)
+        return outcome.summary()
+
+    def close(self, plan: SamplingPlan) -> dict[str, Any]:
+        atomic_write_json(self.out_dir / "quarantine.json", quarantine_json(self.tally.quarantine))
+        return self.writer.close({"sampling": vars(plan)})
 
 
 def quarantine_json(entries: Sequence[QuarantineEntry]) -> list[dict[str, str]]:
