@@ -116,3 +116,10 @@ def test_safe_join(tmp_path: Path) -> None:
     (tmp_path / "link").symlink_to(outside)
     with pytest.raises(PathEscapeError):
         safe_join(tmp_path, "link/file")
+
+
+def test_published_files_are_readable(tmp_path: Path) -> None:
+    """Temp files are created 0600; what a stage publishes must be readable by the team (0644)."""
+    _write(tmp_path, [_record("v0", "train")])
+    for path in (tmp_path / "train-000000.tar", tmp_path / "manifest.json"):
+        assert path.stat().st_mode & 0o777 == 0o644, path

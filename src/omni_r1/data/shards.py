@@ -30,7 +30,7 @@ import numpy as np
 from PIL import Image
 
 from omni_r1.data.masks import encode_rle
-from omni_r1.fileio import atomic_write_text
+from omni_r1.fileio import atomic_write_text, publish
 from omni_r1.data.paths import check_key, safe_join, sample_key
 from omni_r1.data.video import decode_audio, decode_video, fit_size, frame_times, load_frames, sample_indices
 from omni_r1.types import AUDIO_RATE, ManifestRow, MaskTrack, ObjectMasks, Sample
@@ -248,7 +248,7 @@ class ShardSetWriter:
     def _finish(self, split: str) -> None:
         tmp, writer, final, videos, samples = self._open.pop(split)
         digest = writer.close()
-        os.replace(tmp, final)
+        publish(tmp, final)
         self.entries.append({"name": final.name, "split": split, "videos": videos, "samples": samples,
                              "sha256": digest, "bytes": final.stat().st_size})
 

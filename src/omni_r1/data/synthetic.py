@@ -28,7 +28,6 @@ import csv
 import io
 import json
 import math
-import os
 import subprocess
 import tempfile
 import wave
@@ -43,6 +42,7 @@ from PIL import Image
 
 from omni_r1.data.ffmpeg import ffmpeg_exe
 from omni_r1.data.masks import encode_rle
+from omni_r1.fileio import atomic_write_bytes, publish
 from omni_r1.types import DatasetFormat
 
 TICKS = 100  # a scene's timeline is 100 ticks long, whatever the clip's duration
@@ -468,14 +468,7 @@ def render_audio(scene: Scene, seconds: float, rate: int) -> np.ndarray:
 
 def _write_atomic(path: Path, data: bytes) -> None:
     """Write bytes through a temp file in the same folder, then rename over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)  # gone already after a successful replace; removes it after a failure
+    atomic_write_bytes(path, data)
 
 
 def _dumps(obj: Any) -> str:
@@ -554,7 +547,7 @@ def write_video(
                 f"ffmpeg failed to write {path} (exit {proc.returncode}): {proc.stderr.decode(errors='replace')[-800:]}"
                 " - check extra_args and that the ffmpeg build has libx264 and aac"
             )
-        os.replace(out_tmp, path)
+        publish(out_tmp, path)
 
 
 def _audio_channels(audio: np.ndarray, channels: int, path: Path) -> np.ndarray:
