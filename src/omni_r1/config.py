@@ -90,13 +90,18 @@ class ValidateParams:
 
 @dataclass(frozen=True)
 class FanoutParams:
-    """How per-video work is mapped: a Prefect task runner (process pool by default)."""
+    """How per-video work is mapped: a Prefect task runner (threads by default, see flows/fanout.py)."""
 
-    task_runner: Literal["thread", "process", "dask"] = "thread"
+    task_runner: Literal["thread", "process", "dask", "ray"] = "thread"
     workers: int = 2
+    # dask: a scheduler address ("tcp://host:8786"); ray: a cluster address ("ray://host:10001").
+    # Empty starts a local cluster of ``workers`` workers.
+    address: str = ""
 
     def __post_init__(self) -> None:
         _require(self.workers >= 1, "*.workers", "must be at least 1")
+        _require(not self.address or self.task_runner in ("dask", "ray"), "*.fanout.address",
+                 "is only read by the dask and ray runners; clear it or set task_runner to dask or ray")
 
 
 @dataclass(frozen=True)
@@ -188,6 +193,94 @@ class PredictParams:
 
 
 @dataclass(frozen=True)
+class RewardParams:
+    """Omni-R1's hierarchical rewards (spec section 2): R = format + R_acc (+ length bonus).
+
+    R_acc = cumulated + alpha_k (R_num + overlap) + alpha_k_ratio R_saliency + alpha_a R_A
+    + object-count penalty + alpha_g R_G. Defaults are the latest official script's weights.
+    """
+
+    format_weight: float = 1.0
+    alpha_k: float = 1.0  # keyframe / temporal terms
+    alpha_k_ratio: float = 0.0  # saliency of the chosen keyframes
+    alpha_a: float = 1.0  # grounding: System 2's boxes against the true boxes
+    alpha_g: float = 2.0  # segmentation: J of the propagated masks
+    target_keyframes: int = 4  # K0 of R_num
+    cumulated_fallback: bool = False  # official option: R_acc = cumulated when all other terms sum to <= 0
+    length_bonus: float = 1.0  # len_control: added when the completion length is in [length_min, length_max]
+    length_min: int = 320
+    length_max: int = 750
+    length_threshold: float = 0.1  # ... and more than one rollout of the batch has R_acc above this
+    length_control: bool = True
+    refavs_empty_reward: float = 0.0  # RefAVS: an answer with no box scores this (spec: 0), counted
+
+    def __post_init__(self) -> None:
+        _require(self.target_keyframes >= 1, "rewards.target_keyframes", "must be at least 1")
+        _require(0 <= self.length_min <= self.length_max, "rewards.length_min/length_max", "need 0 <= min <= max")
+
+
+@dataclass(frozen=True)
+class DeepSpeedParams:
+    """The policy update under DeepSpeed (GPUs); on CPU the same loop runs without the engine."""
+
+    enabled: bool = False
+    config: str = "configs/deepspeed/zero2.json"
+    gradient_checkpointing: bool = False
+
+
+@dataclass(frozen=True)
+class WarmStartParams:
+    """A short supervised warm start that teaches only the answer format (random moments, copied query)."""
+
+    steps: int = 60
+    batch: int = 16
+    lr: float = 0.002
+
+
+@dataclass(frozen=True)
+class TrainParams:
+    """GRPO training of the Global Reasoning System (spec section 3 gives the paper's values)."""
+
+    steps: int = 200
+    prompts_per_step: int = 4
+    group_size: int = 8  # G
+    lr: float = 0.001  # paper: 1e-6 on the 7B model
+    weight_decay: float = 0.01
+    lr_schedule: Literal["cosine", "constant"] = "cosine"
+    warmup_steps: int = 0
+    max_grad_norm: float = 5.0
+    beta: float = 0.04  # KL coefficient; 0 drops the reference model
+    clip_low: float = 0.2
+    clip_high: float = 0.28
+    updates_per_batch: int = 1  # paper: 1 (the ratio is 1 in value and no clipping happens)
+    loss_norm: Literal["token", "sequence"] = "token"
+    scale_std: bool = True  # divide advantages by the group's std (+1e-4)
+    drop_equal_groups: bool = True
+    max_new_tokens: int = 64
+    split: Literal["train", "val", "test"] = "train"
+    eval_split: Literal["train", "val", "test"] = "val"
+    eval_seeds: tuple[int, ...] = (0, 1)
+    save_every: int = 50
+    keep_last: int = 2
+    resume: bool = False
+    seed: int = 0
+    out: str = "data/models/policy"
+    warm_start: WarmStartParams = WarmStartParams()
+    deepspeed: DeepSpeedParams = DeepSpeedParams()
+
+    def __post_init__(self) -> None:
+        _require(self.steps >= 0, "train.steps", "must be >= 0")
+        _require(self.prompts_per_step >= 1, "train.prompts_per_step", "must be at least 1")
+        _require(self.group_size >= 2, "train.group_size", "must be at least 2 (advantages are relative to the group)")
+        _require(self.beta >= 0, "train.beta", "must be >= 0 (0 drops the reference model)")
+        _require(0 <= self.clip_low < 1 and self.clip_high >= 0, "train.clip_low/clip_high",
+                 "need 0 <= clip_low < 1 and clip_high >= 0")
+        _require(self.updates_per_batch >= 1, "train.updates_per_batch", "must be at least 1")
+        _require(self.save_every >= 1 and self.keep_last >= 1, "train.save_every/keep_last", "must be at least 1")
+        _require(len(self.eval_seeds) >= 1, "train.eval_seeds", "must name at least one seed")
+
+
+@dataclass(frozen=True)
 class Params:
     """The whole of params.yaml."""
 
@@ -200,6 +293,8 @@ class Params:
     global_reasoning: GlobalReasoningParams = GlobalReasoningParams()
     detail: DetailParams = DetailParams()
     predict: PredictParams = PredictParams()
+    rewards: RewardParams = RewardParams()
+    train: TrainParams = TrainParams()
 
 
 def load_params(path: str | Path = "params.yaml", overrides: Sequence[str] = ()) -> Params:

@@ -40,8 +40,8 @@ def test_wrong_type_names_the_key() -> None:
 
 
 def test_choice_and_range_errors() -> None:
-    with pytest.raises(ConfigError, match=r"'shard\.fanout\.task_runner' is 'ray'; use one of"):
-        params_from_dict({"shard": {"fanout": {"task_runner": "ray"}}})
+    with pytest.raises(ConfigError, match=r"'shard\.fanout\.task_runner' is 'spark'; use one of"):
+        params_from_dict({"shard": {"fanout": {"task_runner": "spark"}}})
     with pytest.raises(ConfigError, match=r"'validate\.max_bad_fraction' must be within \[0, 1\]"):
         params_from_dict({"validate": {"max_bad_fraction": 2}})
 
