@@ -207,6 +207,25 @@ def j_and_f(pred: Any, gt: Any) -> dict[str, float]:
     return {"J": j, "F": f, "JF": (j + f) / 2}
 
 
+def box_iou_pixels(a: Any, b: Any) -> np.ndarray:
+    """IoU of boxes ``[x1, y1, x2, y2]`` with the +1-pixel convention of the Omni-R1 reward.
+
+    Corners are inclusive pixel coordinates, so a box covers (x2 - x1 + 1) x (y2 - y1 + 1) pixels and
+    a one-pixel box has area 1. a: ``(N, 4)``, b: ``(M, 4)`` (a single ``(4,)`` box is taken as N = 1).
+    Returns the ``(N, M)`` float64 IoU matrix; a pair whose union has no area scores 0.
+    """
+    p, q = np.atleast_2d(np.asarray(a, np.float64)), np.atleast_2d(np.asarray(b, np.float64))
+    if p.shape[-1] != 4 or q.shape[-1] != 4 or p.ndim != 2 or q.ndim != 2:
+        raise ValueError(f"boxes must have shape (N, 4) or (4,), got {np.shape(a)} and {np.shape(b)}")
+    inter_w = np.maximum(0.0, np.minimum(p[:, None, 2], q[None, :, 2]) - np.maximum(p[:, None, 0], q[None, :, 0]) + 1)
+    inter_h = np.maximum(0.0, np.minimum(p[:, None, 3], q[None, :, 3]) - np.maximum(p[:, None, 1], q[None, :, 1]) + 1)
+    inter = inter_w * inter_h
+    area_p = np.maximum(0.0, p[:, 2] - p[:, 0] + 1) * np.maximum(0.0, p[:, 3] - p[:, 1] + 1)
+    area_q = np.maximum(0.0, q[:, 2] - q[:, 0] + 1) * np.maximum(0.0, q[:, 3] - q[:, 1] + 1)
+    union = area_p[:, None] + area_q[None, :] - inter
+    return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
+
+
 # ------------------------------------------------------------------------------------------ ReVOS A, R
 
 
