@@ -1,0 +1,400 @@
+"""The policy update behind one small interface: DeepSpeed on GPUs, plain torch on CPU.
+
+The GRPO loop computes a loss with ``engine.model`` and then calls ``engine.backward(loss)`` and
+``engine.step()``; it never touches the optimizer, the scheduler or the clipping itself. Two
+implementations satisfy ``PolicyEngine``:
+
+- ``TorchEngine``: AdamW over the trainable parameters, a ``LambdaLR`` schedule and
+  ``clip_grad_norm_``; the default, and the CPU demo's path.
+- ``DeepSpeedEngine``: the same optimizer, schedule and clipping handed to
+  ``deepspeed.initialize`` with a ZeRO config from ``configs/deepspeed/`` (spec section 3: ZeRO-3
+  with CPU offload, bf16, gradient checkpointing on 8 GPUs). On CPU it runs in one process over
+  gloo with DeepSpeed's CPU accelerator, which is how the tests exercise it.
+
+``build_engine`` picks one by ``train.deepspeed.enabled``. Hyperparameters (learning rate, weight
+decay, clipping, precision) come from ``params.yaml`` only: the DeepSpeed JSON holds
+infrastructure (ZeRO stage, offload, buckets, batch layout), and a JSON that also sets one of the
+values owned by ``params.yaml`` is an error rather than a silent second source of truth.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import socket
+import sys
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from types import ModuleType
+from typing import Any, Literal, Protocol
+
+import torch
+from torch import Tensor, nn
+from torch.optim import Optimizer
+from torch.optim.lr_scheduler import LambdaLR, LRScheduler
+
+from omni_r1.config import ConfigError, TrainParams
+
+Schedule = Literal["cosine", "constant"]
+
+# Keys of a DeepSpeed config whose values params.yaml owns (filled in by ``deepspeed_config``).
+OWNED_KEYS = ("optimizer", "scheduler", "gradient_clipping", "bf16", "fp16")
+
+
+class PolicyEngine(Protocol):
+    """What the GRPO loop needs from whatever updates the policy.
+
+    ``model`` is what to call ``forward`` (and ``generate``) on; ``device`` is where its inputs go.
+    """
+
+    model: nn.Module
+    optimizer: Optimizer
+    scheduler: LRScheduler
+    device: torch.device
+
+    def backward(self, loss: Tensor) -> None:
+        """Accumulate the gradients of ``loss`` (a scalar)."""
+        ...
+
+    def step(self) -> dict[str, float]:
+        """Clip, step the optimizer and the schedule, zero the gradients.
+
+        Returns ``{"grad_norm": total norm before clipping, "lr": the learning rate this step used}``.
+        """
+        ...
+
+    def train(self) -> None:
+        """Put the model in training mode."""
+        ...
+
+    def eval(self) -> None:
+        """Put the model in evaluation mode."""
+        ...
+
+    def unwrapped(self) -> nn.Module:
+        """The plain model (for ``save_pretrained``); under ZeRO-3 its weights are partitioned."""
+        ...
+
+    def full_state_dict(self) -> dict[str, Tensor]:
+        """Every weight, whole and on the CPU, whatever the sharding (a collective call under ZeRO-3)."""
+        ...
+
+
+# --------------------------------------------------------------------------------------------- schedule
+
+
+def make_lr_lambda(schedule: Schedule, warmup_steps: int, total_steps: int) -> Callable[[int], float]:
+    """The learning-rate multiplier per optimizer step, as the HF Trainer the paper used defines it.
+
+    Linear warmup ``step / warmup_steps`` (0 at step 0), then ``1`` (constant) or a half cosine from
+    1 at ``warmup_steps`` down to 0 at ``total_steps`` (and 0 after).
+    """
+    if schedule not in ("cosine", "constant"):
+        raise ConfigError(f"train.lr_schedule is {schedule!r}; use 'cosine' or 'constant'")
+    if warmup_steps < 0 or total_steps < 1:
+        raise ConfigError(
+            f"warmup_steps={warmup_steps}, total_steps={total_steps}: need warmup >= 0 and at least one step; "
+            "fix train.warmup_steps / train.steps in params.yaml"
+        )
+
+    def multiplier(step: int) -> float:
+        if step < warmup_steps:
+            return step / warmup_steps
+        if schedule == "constant":
+            return 1.0
+        progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    return multiplier
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """AdamW groups over the trainable parameters: matrices decay, biases and norm scales do not.
+
+    This is the HF Trainer's split (no decay on biases and LayerNorm/RMSNorm weights), written as
+    "1-D parameters do not decay". Empty groups are left out; no trainable parameter is an error.
+    """
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    if not trainable:
+        raise ValueError("the policy has no trainable parameters: nothing for the optimizer to update")
+    decay = [p for p in trainable if p.ndim >= 2]
+    no_decay = [p for p in trainable if p.ndim < 2]
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return [group for group in groups if group["params"]]
+
+
+def _check_finite(grad_norm: float) -> float:
+    # A NaN/inf norm means the update is garbage; stop loudly instead of logging a NaN and carrying on.
+    if not math.isfinite(grad_norm):
+        raise FloatingPointError(
+            f"gradient norm is {grad_norm}: the loss or its gradients are not finite; "
+            "lower train.lr or check the loss inputs"
+        )
+    return grad_norm
+
+
+# ----------------------------------------------------------------------------------------------- torch
+
+
+class TorchEngine:
+    """AdamW + ``LambdaLR`` + ``clip_grad_norm_`` on one device, no distribution."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        lr: float,
+        weight_decay: float,
+        max_grad_norm: float,
+        lr_lambda: Callable[[int], float],
+    ) -> None:
+        self.model = model
+        self.device = next(model.parameters()).device
+        self.max_grad_norm = max_grad_norm
+        groups = param_groups(model, weight_decay)
+        self._trainable = [p for group in groups for p in group["params"]]
+        self.optimizer: Optimizer = torch.optim.AdamW(groups, lr=lr)
+        self.scheduler: LRScheduler = LambdaLR(self.optimizer, lr_lambda)
+
+    def backward(self, loss: Tensor) -> None:
+        """``loss.backward()``."""
+        loss.backward()
+
+    def step(self) -> dict[str, float]:
+        """Clip to ``max_grad_norm``, step AdamW and the schedule, zero the gradients."""
+        lr = float(self.optimizer.param_groups[0]["lr"])
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(self._trainable, self.max_grad_norm))
+        _check_finite(grad_norm)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return {"grad_norm": grad_norm, "lr": lr}
+
+    def train(self) -> None:
+        """Training mode."""
+        self.model.train()
+
+    def eval(self) -> None:
+        """Evaluation mode."""
+        self.model.eval()
+
+    def unwrapped(self) -> nn.Module:
+        """The model itself."""
+        return self.model
+
+    def full_state_dict(self) -> dict[str, Tensor]:
+        """The model's weights, detached, on the CPU."""
+        return {name: tensor.detach().cpu() for name, tensor in self.model.state_dict().items()}
+
+
+# ------------------------------------------------------------------------------------------- deepspeed
+
+
+def load_deepspeed_config(path: str | Path) -> dict[str, Any]:
+    """Read the DeepSpeed JSON named by ``train.deepspeed.config``; errors name the key and the fix."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"train.deepspeed.config points at {str(path)!r}, which does not exist; set it in params.yaml to one of "
+            "configs/deepspeed/zero2.json or configs/deepspeed/zero3.json (paths are relative to the repository root)"
+        )
+    try:
+        config = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise ConfigError(f"{path} (train.deepspeed.config) is not valid JSON: {error}") from error
+    if not isinstance(config, dict):
+        raise ConfigError(f"{path} (train.deepspeed.config) must hold a JSON object, not {type(config).__name__}")
+    return config
+
+
+def deepspeed_config(raw: Mapping[str, Any], params: TrainParams, device: torch.device) -> dict[str, Any]:
+    """``raw`` with the values params.yaml owns filled in: clipping, and bf16 on CUDA only.
+
+    The optimizer and schedule are passed to ``deepspeed.initialize`` as objects, so the JSON must
+    not name them either. bf16 follows the paper on GPUs; the CPU path stays in fp32.
+    """
+    owned = [key for key in OWNED_KEYS if key in raw]
+    if owned:
+        raise ConfigError(
+            f"train.deepspeed.config sets {owned}; remove them from the JSON: learning rate, weight decay, "
+            "schedule and clipping come from train.* in params.yaml, and precision from the device"
+        )
+    config = copy.deepcopy(dict(raw))
+    config["gradient_clipping"] = float(params.max_grad_norm)
+    config["bf16"] = {"enabled": device.type == "cuda"}
+    return config
+
+
+def offloads_optimizer(config: Mapping[str, Any]) -> bool:
+    """Whether the config puts the optimizer states on the CPU (ZeRO-Offload)."""
+    offload = config.get("zero_optimization", {}).get("offload_optimizer") or {}
+    return offload.get("device", "none") == "cpu"
+
+
+def import_deepspeed(device: torch.device) -> ModuleType:
+    """Import DeepSpeed with the accelerator that matches ``device``.
+
+    DeepSpeed picks its accelerator once, at first import, from ``DS_ACCELERATOR`` or by probing
+    CUDA; on CPU we set ``DS_ACCELERATOR=cpu`` before that import (the CPU accelerator falls back to
+    gloo when oneccl is not installed). If DeepSpeed was already imported with another accelerator,
+    the documented ``deepspeed.accelerator.set_accelerator`` switches it.
+    """
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"DeepSpeed runs the policy on 'cpu' or 'cuda', not {device.type!r}")
+    if device.type == "cpu" and "deepspeed" not in sys.modules:
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    import deepspeed
+    from deepspeed.accelerator import get_accelerator, set_accelerator
+
+    if get_accelerator().device_name() != device.type:
+        if device.type == "cpu":
+            from deepspeed.accelerator.cpu_accelerator import CPU_Accelerator as Accelerator
+        else:
+            from deepspeed.accelerator.cuda_accelerator import CUDA_Accelerator as Accelerator
+        set_accelerator(Accelerator())
+    return deepspeed
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _single_process_defaults() -> None:
+    # The deepspeed launcher (or torchrun) sets these for every rank; a plain `python -m stages.train`
+    # is one rank of one. Only missing values are filled, so a launched run is never overridden.
+    defaults = {"MASTER_ADDR": "127.0.0.1", "RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0"}
+    for key, value in defaults.items():
+        os.environ.setdefault(key, value)
+    if "MASTER_PORT" not in os.environ:
+        os.environ["MASTER_PORT"] = str(_free_port())
+
+
+def init_distributed(deepspeed: ModuleType, device: torch.device) -> None:
+    """Join (or, alone, create) the process group: gloo on CPU, the accelerator's backend (nccl) on CUDA."""
+    _single_process_defaults()
+    backend = "gloo" if device.type == "cpu" else deepspeed.accelerator.get_accelerator().communication_backend_name()
+    deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False)
+
+
+def enable_gradient_checkpointing(model: nn.Module) -> None:
+    """Recompute activations in backward (spec section 3); needs a Hugging Face model."""
+    enable = getattr(model, "gradient_checkpointing_enable", None)
+    if enable is None:
+        raise TypeError(
+            f"train.deepspeed.gradient_checkpointing is true but {type(model).__name__} has no "
+            "gradient_checkpointing_enable(); set it to false or pass a Hugging Face model"
+        )
+    # Non-reentrant checkpointing still backpropagates when the inputs (embeddings of frozen towers) need no grad.
+    enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+
+class DeepSpeedEngine:
+    """The policy wrapped by ``deepspeed.initialize``: ZeRO sharding, bf16 on CUDA, clipping by DeepSpeed."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        config: Mapping[str, Any],
+        lr: float,
+        weight_decay: float,
+        lr_lambda: Callable[[int], float],
+        device: torch.device,
+        gradient_checkpointing: bool = False,
+    ) -> None:
+        self._deepspeed = import_deepspeed(device)
+        init_distributed(self._deepspeed, device)
+        if gradient_checkpointing:
+            enable_gradient_checkpointing(model)
+        groups = param_groups(model, weight_decay)
+        optimizer = self._optimizer(groups, lr, offloads_optimizer(config))
+        engine, optimizer, _, scheduler = self._deepspeed.initialize(
+            model=model,
+            model_parameters=groups,
+            optimizer=optimizer,
+            # Built by DeepSpeed on the optimizer it actually steps, so the schedule drives the real lr.
+            lr_scheduler=lambda basic: LambdaLR(basic, lr_lambda),
+            config=dict(config),
+        )
+        self._engine = engine
+        self.model: nn.Module = engine
+        self.optimizer: Optimizer = optimizer
+        self.scheduler: LRScheduler = scheduler
+        self.device = torch.device(engine.device)
+        self._stage = int(engine.zero_optimization_stage())
+
+    def _optimizer(self, groups: list[dict[str, Any]], lr: float, offload: bool) -> Optimizer:
+        # ZeRO-Offload refuses a torch optimizer on CPU-held states (too slow); DeepSpeed's vectorised
+        # CPU Adam in AdamW mode is the same update. It compiles a C++ op on first use.
+        if offload:
+            from deepspeed.ops.adam import DeepSpeedCPUAdam
+
+            return DeepSpeedCPUAdam(groups, lr=lr, adamw_mode=True)
+        return torch.optim.AdamW(groups, lr=lr)
+
+    def backward(self, loss: Tensor) -> None:
+        """``engine.backward``: ZeRO reduces and partitions the gradients as they arrive."""
+        self._engine.backward(loss)
+
+    def step(self) -> dict[str, float]:
+        """``engine.step``: clip (config ``gradient_clipping``), optimizer, schedule, zero the gradients."""
+        lr = float(self._engine.get_lr()[0])
+        self._engine.step()
+        grad_norm = self._engine.get_global_grad_norm()
+        if grad_norm is None:
+            raise RuntimeError(
+                "DeepSpeed computed no gradient norm; remove zero_optimization.compute_grad_norm=false "
+                "from train.deepspeed.config"
+            )
+        return {"grad_norm": _check_finite(float(grad_norm)), "lr": lr}
+
+    def train(self) -> None:
+        """Training mode."""
+        self._engine.train()
+
+    def eval(self) -> None:
+        """Evaluation mode."""
+        self._engine.eval()
+
+    def unwrapped(self) -> nn.Module:
+        """The module DeepSpeed wraps (bf16 on CUDA; partitioned weights under ZeRO-3)."""
+        return self._engine.module
+
+    def full_state_dict(self) -> dict[str, Tensor]:
+        """Every weight on the CPU; under ZeRO-3 the partitions are gathered first (all ranks must call)."""
+        module = self._engine.module
+        if self._stage < 3:
+            return {name: tensor.detach().cpu() for name, tensor in module.state_dict().items()}
+        with self._deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=None):
+            return {name: tensor.detach().clone().cpu() for name, tensor in module.state_dict().items()}
+
+
+# ---------------------------------------------------------------------------------------------- factory
+
+
+def build_engine(model: nn.Module, params: TrainParams, *, total_steps: int, device: torch.device) -> PolicyEngine:
+    """The engine ``params.deepspeed.enabled`` asks for, with ``total_steps`` optimizer steps of schedule."""
+    lr_lambda = make_lr_lambda(params.lr_schedule, params.warmup_steps, total_steps)
+    if not params.deepspeed.enabled:
+        return TorchEngine(
+            model.to(device),
+            lr=params.lr,
+            weight_decay=params.weight_decay,
+            max_grad_norm=params.max_grad_norm,
+            lr_lambda=lr_lambda,
+        )
+    config = deepspeed_config(load_deepspeed_config(params.deepspeed.config), params, device)
+    return DeepSpeedEngine(
+        model,
+        config=config,
+        lr=params.lr,
+        weight_decay=params.weight_decay,
+        lr_lambda=lr_lambda,
+        device=device,
+        gradient_checkpointing=params.deepspeed.gradient_checkpointing,
+    )
+
