@@ -76,7 +76,6 @@ def collaborate(
     """Run System 1 ``group_size`` times on the sample's cached features, then System 2 on every answer."""
     if record.key != sample.key.split("/")[0]:
         raise ValueError(f"feature record {record.key!r} does not belong to sample {sample.key!r}")
-    num_frames = len(sample.frame_indices)
     timings: dict[str, float] = {}
 
     start = time.perf_counter()
@@ -85,34 +84,66 @@ def collaborate(
     completions = reasoner.generate(inputs, num_return_sequences=group_size, do_sample=do_sample, seed=seed)
     timings["system1"] = time.perf_counter() - start
 
+    rollouts, phase_times = rollouts_from_completions(
+        sample, completions, segmenter, task=task, duration=reasoner.clip_seconds(record),
+        fps=reasoner.sample_fps(record), max_keyframes=reasoner.params.max_keyframes,
+    )
+    timings.update(phase_times)
+    return Collaboration(sample.key, rollouts, timings)
+
+
+SegmentCache = dict[tuple[str, tuple[KeyframePrompt, ...]], SegmentResult]
+
+
+def rollouts_from_completions(
+    sample: Sample,
+    completions: list[str],
+    segmenter: Segmenter,
+    *,
+    task: Task,
+    duration: float,
+    fps: float,
+    max_keyframes: int,
+    cache: SegmentCache | None = None,
+) -> tuple[tuple[Rollout, ...], dict[str, float]]:
+    """Parse System 1's completions for ``sample`` and run System 2 once on every parsed answer of the group.
+
+    ``cache`` (GRPO) keeps System 2's results by (sample, keyframe prompts) for one run: System 2 is
+    deterministic, and a policy that has found its answer repeats it, so repeats are looked up.
+    Returns the rollouts and the seconds spent in ``parse`` and ``system2``.
+    """
+    num_frames = len(sample.frame_indices)
+    timings: dict[str, float] = {}
     start = time.perf_counter()
     parsed = [
-        try_parse(text, task=task, duration=reasoner.clip_seconds(record), num_frames=num_frames,
-                  fps=reasoner.sample_fps(record), max_keyframes=reasoner.params.max_keyframes)
+        try_parse(text, task=task, duration=duration, num_frames=num_frames, fps=fps, max_keyframes=max_keyframes)
         for text in completions
     ]
     prompt_sets = [keyframe_prompts(p, num_frames) if isinstance(p, KeyframeSelection) else () for p in parsed]
     timings["parse"] = time.perf_counter() - start
 
     start = time.perf_counter()
-    wanted = [i for i, prompts in enumerate(prompt_sets) if prompts]
-    results = segmenter.segment_batch(sample.high_res, [prompt_sets[i] for i in wanted]) if wanted else []
-    by_rollout: dict[int, SegmentResult] = dict(zip(wanted, results))
+    cache = {} if cache is None else cache
+    missing = sorted({prompts for prompts in prompt_sets if prompts and (sample.key, prompts) not in cache},
+                     key=prompt_sets.index)
+    if missing:
+        for prompts, result in zip(missing, segmenter.segment_batch(sample.high_res, missing)):
+            cache[(sample.key, prompts)] = result
     timings["system2"] = time.perf_counter() - start
 
     empty = np.zeros(sample.high_res.shape[:3], dtype=bool)
-    rollouts = tuple(
-        Rollout(
+    rollouts = []
+    for text, p, prompts in zip(completions, parsed, prompt_sets):
+        segment = cache[(sample.key, prompts)] if prompts else None
+        rollouts.append(Rollout(
             completion=text,
             selection=p if isinstance(p, KeyframeSelection) else None,
             error=p if isinstance(p, AnswerParseError) else None,
-            prompts=prompt_sets[i],
-            segment=by_rollout.get(i),
-            masks=by_rollout[i].masks if i in by_rollout else empty,
-        )
-        for i, (text, p) in enumerate(zip(completions, parsed))
-    )
-    return Collaboration(sample.key, rollouts, timings)
+            prompts=prompts,
+            segment=segment,
+            masks=segment.masks if segment is not None else empty,
+        ))
+    return tuple(rollouts), timings
 
 
 def uniform_keyframes(sample: Sample, count: int = 4) -> tuple[KeyframePrompt, ...]:

@@ -1,0 +1,158 @@
+"""One training run of System 1 per seed: warm start, held-out baseline, GRPO, held-out result, export.
+
+``train_seed`` is the recipe for one seed; ``run_training`` runs every seed of ``train.seeds``,
+writes the step log (one TSV row per step and seed) and returns the before/after summary that the
+train stage writes as DVC metrics. The first seed's policy is exported as a plain transformers
+checkpoint (``save_pretrained`` of the thinker and its processor), which ``global_reasoning.checkpoint``
+can name.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from omni_r1.config import Params
+from omni_r1.fileio import atomic_write_text
+from omni_r1.models.processor import build_processor
+from omni_r1.rl.engine import build_engine
+from omni_r1.rl.heldout import evaluate_policy
+from omni_r1.rl.prompts_data import PromptItem, load_prompt_items
+from omni_r1.rl.trainer import GRPOTrainer, check_train_params, log_columns
+from omni_r1.rl.warm_start import warm_start
+from omni_r1.systems.collaboration import SegmentCache
+from omni_r1.systems.detail import Segmenter, build_segmenter
+from omni_r1.systems.global_reasoning import GlobalReasoner, freeze_towers, load_thinker
+
+Say = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class RunPaths:
+    shards: Path
+    features: Path
+    out: Path  # checkpoints/seed-N/, final/ (the exported policy)
+    log: Path  # the step TSV (a DVC plot)
+
+
+def build_reasoner(params: Params, seed: int) -> GlobalReasoner:
+    """System 1 for one seed: the thinker of ``global_reasoning`` (tiny: initialised from seed), towers frozen."""
+    f = params.features
+    processor = build_processor(f.tokenizer, min_pixels=f.min_pixels, max_pixels=f.max_pixels, mel_bins=f.mel_bins)
+    gr = dataclasses.replace(params.global_reasoning, seed=params.global_reasoning.seed + seed)
+    model = load_thinker(gr, processor)
+    freeze_towers(model, vision=gr.freeze_vision, audio=gr.freeze_audio)
+    return GlobalReasoner(model=model, processor=processor, params=gr)
+
+
+def train_seed(params: Params, seed: int, paths: RunPaths, segmenter: Segmenter, *,
+               on_step: Callable[[int, dict[str, float]], None], say: Say) -> dict[str, Any]:
+    """Warm start, evaluate, GRPO, evaluate, for one seed. Returns the held-out numbers and timings."""
+    train = params.train
+    torch.manual_seed(seed)
+    reasoner = build_reasoner(params, seed)
+    items = load_prompt_items(paths.shards, paths.features, train.split, reasoner)
+    heldout = load_prompt_items(paths.shards, paths.features, train.eval_split, reasoner, seed=10_000)
+    check_train_params(train, items)
+    cache: SegmentCache = {}
+    checkpoint_dir = paths.out / "checkpoints" / f"seed-{seed}"
+    timings: dict[str, float] = {}
+
+    resuming = train.resume and any(checkpoint_dir.glob("step-*"))
+    start = time.perf_counter()
+    if train.warm_start.steps > 0 and not resuming:
+        result = warm_start(reasoner, items, train.warm_start, seed=seed,
+                            progress=lambda s, n, loss: say(f"seed {seed} warm start {s}/{n} loss {loss:.3f}")
+                            if s % 20 == 0 or s == n else None)
+        say(f"seed {seed}: warm start done, loss {result.final_loss:.3f} in {result.seconds:.0f} s")
+    timings["warm_start_seconds"] = time.perf_counter() - start
+
+    engine = build_engine(reasoner.model, train, total_steps=max(train.steps, 1), device=reasoner.device)
+    trainer = GRPOTrainer(reasoner=reasoner, engine=engine, segmenter=segmenter, items=items, params=params,
+                          checkpoint_dir=checkpoint_dir, seed=seed)
+    before = _before(trainer, reasoner, segmenter, heldout, params, cache, resuming)
+    start = time.perf_counter()
+    trainer.fit(train.steps, log=on_step)
+    timings["grpo_seconds"] = time.perf_counter() - start
+    after = evaluate_policy(reasoner, segmenter, heldout, params.rewards, max_new_tokens=train.max_new_tokens,
+                            cache=cache)
+    return {"seed": seed, "before": before, "after": after, "reasoner": reasoner, **timings,
+            "train_prompts": len(items), "heldout_prompts": len(heldout)}
+
+
+def _before(trainer: GRPOTrainer, reasoner: GlobalReasoner, segmenter: Segmenter, heldout: list[PromptItem],
+            params: Params, cache: SegmentCache, resuming: bool) -> dict[str, Any]:
+    """The starting policy's held-out numbers, kept in the checkpoints so a resumed run still reports them."""
+    if resuming:
+        trainer.resume()
+        saved = trainer.resume_extra.get("before")
+        if saved is None:
+            raise ValueError(f"the checkpoint in {trainer.checkpoint_dir} lacks the starting policy's numbers; "
+                             "delete it and train again")
+        return saved
+    before = evaluate_policy(reasoner, segmenter, heldout, params.rewards, max_new_tokens=params.train.max_new_tokens,
+                             cache=cache)
+    trainer.extra["before"] = before
+    return before
+
+
+StepHook = Callable[[int, int, dict[str, float]], None]  # (seed, step, logged values)
+
+
+def run_training(params: Params, paths: RunPaths, *, say: Say = print, on_step: StepHook | None = None) -> dict[str, Any]:
+    """Every seed of ``train.seeds``; the step log goes to ``paths.log``, the first seed's policy to out/final."""
+    torch.set_num_threads(params.train.cpu_threads)
+    segmenter = build_segmenter(params.detail)
+    rows: list[str] = []
+    header: list[str] = []
+    results = []
+    for seed in params.train.seeds:
+        def log_step(step: int, values: dict[str, float], seed: int = seed) -> None:
+            if on_step is not None:
+                on_step(seed, step, values)
+            if not header:
+                header.extend(["seed", "step", *values])
+                rows.append("\t".join(header))
+            rows.append("\t".join([str(seed), str(step), *(f"{values[c]:.6g}" for c in header[2:])]))
+            atomic_write_text(paths.log, "\n".join(rows) + "\n")
+
+        result = train_seed(params, seed, paths, segmenter, on_step=log_step, say=say)
+        if seed == params.train.seeds[0]:
+            export_policy(result["reasoner"], paths.out / "final")
+        results.append(result)
+    return summary(results)
+
+
+def export_policy(reasoner: GlobalReasoner, folder: Path) -> None:
+    """The trained thinker and its processor as a plain transformers checkpoint folder."""
+    folder.mkdir(parents=True, exist_ok=True)
+    reasoner.model.save_pretrained(folder, safe_serialization=True)
+    reasoner.processor.save_pretrained(folder)
+
+
+def summary(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """Held-out reward and J&F before and after GRPO per seed, their means, and the timings."""
+    per_seed = {}
+    for r in results:
+        per_seed[str(r["seed"])] = {
+            "reward_before": r["before"]["reward"], "reward_after": r["after"]["reward"],
+            "jf_before": r["before"]["JF"], "jf_after": r["after"]["JF"],
+            "parse_rate_before": r["before"]["parse_rate"], "parse_rate_after": r["after"]["parse_rate"],
+            "by_cue_before": {c: v["reward"] for c, v in r["before"]["by_cue"].items()},
+            "by_cue_after": {c: v["reward"] for c, v in r["after"]["by_cue"].items()},
+            "warm_start_seconds": round(r["warm_start_seconds"], 1), "grpo_seconds": round(r["grpo_seconds"], 1),
+            "train_prompts": r["train_prompts"], "heldout_prompts": r["heldout_prompts"],
+        }
+    mean = {key: float(np.mean([s[key] for s in per_seed.values()]))
+            for key in ("reward_before", "reward_after", "jf_before", "jf_after")}
+    return {"mean": mean, "seeds": per_seed}
+
+
+__all__ = ["RunPaths", "build_reasoner", "export_policy", "log_columns", "run_training", "summary", "train_seed"]

@@ -1,0 +1,105 @@
+"""A short supervised warm start that teaches System 1 the answer format, and nothing about the task.
+
+A random thinker cannot write ``<think>...</think><answer>{...}</answer>`` by chance, so GRPO would
+see only parse failures. Following design.md section 7, the warm start trains on targets whose
+content carries no task knowledge: the moments are drawn at random inside the clip (the frames where
+the target is visible are never looked at) and the description copies the query. What the policy
+learns afterwards about *which* moments to pick comes from the GRPO rewards alone.
+
+Each step takes ``batch // ROWS_PER_PROMPT`` prompts and ``ROWS_PER_PROMPT`` random targets for each,
+so a prompt's video is encoded once per row group (the same batching as a GRPO group).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from omni_r1.config import WarmStartParams
+from omni_r1.rl.policy import PromptCache, pad_completions
+from omni_r1.rl.prompts_data import PromptItem
+from omni_r1.systems.prompts import ANSWER_CLOSE, ANSWER_OPEN, THINK_CLOSE, THINK_OPEN, format_timestamp
+from omni_r1.systems.global_reasoning import GlobalReasoner
+
+ROWS_PER_PROMPT = 4
+MAX_MOMENTS = 2
+
+Progress = Callable[[int, int, float], None]  # (step, total, loss)
+
+
+@dataclass(frozen=True)
+class WarmStartResult:
+    steps: int
+    final_loss: float
+    seconds: float
+
+
+def random_moments(duration: float, fps: float, rng: np.random.Generator) -> list[tuple[float, float]]:
+    """1..MAX_MOMENTS non-overlapping moments on the sampled-frame grid, ascending, each 1-3 frames long."""
+    frames = max(int(round(duration * fps)), 1)
+    count = int(rng.integers(1, MAX_MOMENTS + 1))
+    starts = np.sort(rng.choice(frames, size=min(count, frames), replace=False))
+    moments: list[tuple[float, float]] = []
+    for i, first in enumerate(starts):
+        limit = (starts[i + 1] - 1) if i + 1 < len(starts) else frames - 1
+        last = int(min(first + int(rng.integers(0, 3)), limit))
+        moments.append((float(first) / fps, float(max(last, first)) / fps))
+    return moments
+
+
+def format_target(description: str, moments: Sequence[tuple[float, float]]) -> str:
+    """A well-formed answer: empty reasoning, one JSON object per moment with the given description."""
+    text = " ".join(description.replace('"', "'").split())
+    objects = "\n".join(
+        f'{{"start_time": "{format_timestamp(a)}", "end_time": "{format_timestamp(b)}", "description": "{text}"}}'
+        for a, b in moments
+    )
+    return f"{THINK_OPEN}{THINK_CLOSE}{ANSWER_OPEN}{objects}{ANSWER_CLOSE}"
+
+
+def warm_start(
+    reasoner: GlobalReasoner,
+    items: Sequence[PromptItem],
+    params: WarmStartParams,
+    *,
+    seed: int,
+    progress: Progress | None = None,
+) -> WarmStartResult:
+    """Train ``reasoner.model`` in place on random-moment targets for ``params.steps`` steps (AdamW)."""
+    if not items:
+        raise ValueError("the warm start has no training prompts; check train.split and the shards")
+    tokenizer = reasoner.processor.tokenizer
+    eos_id, pad_id = int(tokenizer.eos_token_id), int(tokenizer.pad_token_id)
+    rng = np.random.default_rng([seed, 7])
+    model = reasoner.model
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=params.lr)
+    prompts_per_step = max(params.batch // ROWS_PER_PROMPT, 1)
+    prompts = PromptCache(eos_id=eos_id, pad_id=pad_id)
+    start, loss_value = time.perf_counter(), float("nan")
+    model.train()
+    for step in range(1, params.steps + 1):
+        optimizer.zero_grad(set_to_none=True)
+        chosen = rng.choice(len(items), size=min(prompts_per_step, len(items)), replace=False)
+        total = 0.0
+        for index in chosen:
+            item = items[int(index)]
+            rows = [tokenizer(format_target(item.sample.expression, random_moments(item.duration, item.fps, rng)),
+                              add_special_tokens=False)["input_ids"] + [eos_id] for _ in range(ROWS_PER_PROMPT)]
+            ids = pad_completions(rows, pad_id=pad_id)
+            logp = prompts.logprobs(model, item.key, item.inputs, ids)
+            mask = (ids != pad_id).float() if pad_id != eos_id else torch.ones_like(logp)
+            loss = -(logp * mask).sum() / mask.sum() / len(chosen)
+            loss.backward()
+            total += float(loss.detach())
+        optimizer.step()
+        loss_value = total
+        if not np.isfinite(loss_value):
+            raise FloatingPointError(f"warm start loss is {loss_value} at step {step}; lower train.warm_start.lr")
+        if progress is not None:
+            progress(step, params.steps, loss_value)
+    model.eval()
+    return WarmStartResult(params.steps, loss_value, time.perf_counter() - start)
