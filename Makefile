@@ -1,6 +1,7 @@
 # omni-r1: two commands do all set-up on a fresh machine.
 #   make demo   builds .venv if missing, then runs the whole pipeline (dvc repro) on synthetic data
 #   make test   builds .venv if missing, then runs the tests (all but slow/gpu/weights)
+#   make server starts a local Prefect server (state in .prefect/) for `omni-r1 serve`, the cron schedule
 SHELL := /bin/bash
 PYTHON ?= python3.11
 VENV := .venv
@@ -44,6 +45,16 @@ test-all: venv
 
 bench: venv
 	$(BIN)/python bench/shard_throughput.py
+
+# Schedules need a real Prefect server (the ephemeral API cannot schedule). Blocks until Ctrl-C;
+# serve the nightly deployment from a second shell with the URL printed here.
+PREFECT_PORT ?= 4200
+.PHONY: server
+server: venv
+	@echo "Prefect server on http://127.0.0.1:$(PREFECT_PORT) (state in $(PREFECT_HOME)). In another shell:"
+	@echo "  export PREFECT_API_URL=http://127.0.0.1:$(PREFECT_PORT)/api"
+	@echo "  $(BIN)/omni-r1 serve --cron '0 3 * * *'"
+	$(BIN)/prefect server start --host 127.0.0.1 --port $(PREFECT_PORT)
 
 clean:
 	rm -rf .prefect .pytest_cache

@@ -4,8 +4,11 @@
     omni-r1 prepare --format video|refavs|revos --root DIR --out DIR   (ingest, validate, shard, features)
     omni-r1 inspect OUT_DIR [--json]
     omni-r1 pipeline [--stage NAME ...]                                  (the Prefect flow over dvc.yaml)
+    omni-r1 serve [--cron "0 3 * * *"] [--name NAME]                     (the cron deployment; needs `make server`)
     omni-r1 score revos  --meta META.json --mask-dict mask_dict.json --foreground FG.json --pred DIR --out OUT.json
     omni-r1 score refavs --root REFAVS_ROOT --split test_s|test_u|test_n --pred DIR --out OUT.json
+    omni-r1 data pin|checkout|verify NAME                              (pinned data versions: git tag + dvc.lock)
+    omni-r1 reproduce --table refavs|revos --data-version NAME --checkpoint PATH [--detail-checkpoint PATH]
 """
 
 from __future__ import annotations
@@ -60,8 +63,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     ra.add_argument("--pred", type=Path, required=True, help="folder of <vid>/fid_<fid>/0000{i}.png")
     ra.add_argument("--out", type=Path, required=True)
 
+    _add_version_commands(sub)
+
+    sv = sub.add_parser("serve", help="serve the pipeline flow on a cron schedule (needs `make server`)")
+    sv.add_argument("--cron", help="cron expression, UTC (default: flows.deploy.DEFAULT_CRON, 03:00 every day)")
+    sv.add_argument("--name", help="deployment name (default: flows.deploy.DEFAULT_NAME, omni-r1-nightly)")
+    sv.add_argument("--repo", default=".", help="the project checkout each scheduled run reproduces")
+    sv.add_argument("--stage", action="append", dest="stages", help="run only these stages (repeatable)")
+    sv.add_argument("--set", dest="overrides", action="append", metavar="KEY=VALUE",
+                    help="params override for every run, via `dvc exp run -S` (repeatable)")
+    sv.add_argument("--data-version", help="each run first checks that the data matches this named version")
+
     args = p.parse_args(argv)
     commands = {"synth": _synth, "prepare": _prepare, "inspect": _inspect, "pipeline": _pipeline, "score": _score}
+    commands.update({"data": _data, "reproduce": _reproduce})
+    commands["serve"] = _serve
     return commands[args.command](args)
 
 
@@ -139,6 +155,78 @@ def _pipeline(args: argparse.Namespace) -> int:
 
     return pipeline.main(["--repo", args.repo, *[a for s in (args.stages or []) for a in ("--stage", s)]])
 
+
+def _add_version_commands(sub: Any) -> None:
+    """``data pin|checkout|verify NAME`` and ``reproduce``: pinned data versions and paper-table runs."""
+    d = sub.add_parser("data", help="pinned data versions: a git tag data/NAME plus dvc.lock")
+    d.add_argument("action", choices=["pin", "checkout", "verify"],
+                   help="pin: record, commit, tag (and dvc push); checkout: restore; verify: compare the workspace")
+    d.add_argument("name", help="version name, e.g. v1 (git tag data/v1, record data/versions/v1.json)")
+    d.add_argument("--repo", type=Path, default=Path("."))
+    d.add_argument("--no-push", action="store_true", help="pin without dvc push to the default remote")
+    d.add_argument("--force", action="store_true", help="checkout: discard edited data files that no cache holds")
+    d.add_argument("--dvc", default="dvc", help="the dvc executable")
+
+    rp = sub.add_parser("reproduce",
+                        help="verify a data version, run predict + evaluate, write reports/paper_<table>.md")
+    rp.add_argument("--table", choices=["refavs", "revos"], required=True)
+    rp.add_argument("--data-version", required=True)
+    rp.add_argument("--checkpoint", required=True, help="System 1: a local Qwen2.5-Omni folder, or builtin:tiny")
+    rp.add_argument("--detail-checkpoint", help="System 2: the light model folder or a SAM2 .pt, per detail.backend")
+    rp.add_argument("--repo", type=Path, default=Path("."))
+    rp.add_argument("--dvc", default="dvc", help="the dvc executable")
+
+
+def _data(args: argparse.Namespace) -> int:
+    from flows import data_versions
+    from omni_r1.versioning import verify_version
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        if args.action == "pin":
+            record = data_versions.pin(args.repo, args.name, dvc=args.dvc, push=not args.no_push)
+            print(f"pinned {args.name}: tag {record['tag']}, " + ", ".join(
+                f"{path} {entry['md5']} ({len(entry['files'])} files)" for path, entry in record["outs"].items()))
+        elif args.action == "checkout":
+            data_versions.checkout(args.repo, args.name, dvc=args.dvc, force=args.force)
+            print(f"data version {args.name} restored and verified")
+        else:
+            verify_version(args.repo, args.name)
+            print(f"the workspace matches data version {args.name}")
+    except (ValueError, data_versions.CommandFailed) as error:  # DataVersionMismatch is a ValueError
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _reproduce(args: argparse.Namespace) -> int:
+    from flows import data_versions
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        out = data_versions.reproduce(args.repo, args.table, args.data_version, args.checkpoint,
+                                      args.detail_checkpoint, dvc=args.dvc)
+    except (ValueError, data_versions.CommandFailed) as error:  # DataVersionMismatch is a ValueError
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    print(f"wrote {out}")
+    return 0
+
+
+
+def _serve(args: argparse.Namespace) -> int:
+    """Build the cron deployment of the pipeline flow and serve it until interrupted."""
+    from flows import deploy
+
+    deployment = deploy.build_deployment(name=args.name or deploy.DEFAULT_NAME, cron=args.cron or deploy.DEFAULT_CRON,
+                                         repo=args.repo, stages=args.stages, overrides=args.overrides,
+                                         data_version=args.data_version)
+    try:
+        deploy.serve(deployment)
+    except deploy.NoPrefectServer as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    return 0
 
 if __name__ == "__main__":
     sys.exit(main())
