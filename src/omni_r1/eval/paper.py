@@ -1,0 +1,150 @@
+"""One paper table reproduced: the paper's Omni-R1 numbers, this run's, and the difference, as markdown.
+
+``omni-r1 reproduce --table refavs|revos`` writes ``reports/paper_<table>.md`` with
+``paper_table_markdown``. Pure: it takes the paper's rows (``reports/paper_numbers.yaml``), this
+run's numbers and a description of the run, and returns text.
+
+- ReVOS: J&F per expression type (referring, reasoning, overall) from ``data/eval/metrics.json``.
+- RefAVS: J&F, J and F on the seen (``test_s``) and unseen (``test_u``) splits, averaged from the
+  per-sample rows of ``data/eval/samples.jsonl`` by each sample's RefAVS split. Data without RefAVS
+  splits has no seen/unseen numbers; the table then says so instead of inventing them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Iterable, Literal, Mapping, Sequence
+
+Table = Literal["refavs", "revos"]
+TABLES: tuple[Table, ...] = ("refavs", "revos")
+BENCHMARK = {"refavs": "RefAVS", "revos": "ReVOS"}
+REFERENCE_METHOD = "Omni-R1 †"  # the paper's own two-system model (camera-ready)
+REVOS_TYPES = ("referring", "reasoning", "overall")
+REFAVS_SPLITS = {"test_s": "seen", "test_u": "unseen"}
+METRICS = ("JF", "J", "F")
+METRIC_LABEL = {"JF": "J&F", "J": "J", "F": "F"}
+
+RunNumbers = dict[str, dict[tuple[str, str], float]]  # policy -> (split, metric) -> value x100
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """What the report says about the run beside the numbers."""
+
+    data_version: str
+    data_root: str
+    data_format: str
+    checkpoint: str
+    detail: str
+    experiment: str
+    synthetic: bool
+
+
+def revos_numbers(summary: Mapping[str, Any]) -> RunNumbers:
+    """This run's ReVOS-style numbers per policy from ``metrics.json`` (types absent from the data are left out)."""
+    return {policy: {(t, m): float(s[t][m]) for t in REVOS_TYPES if t in s for m in METRICS if m in s[t]}
+            for policy, s in summary.items()}
+
+
+def refavs_numbers(rows: Iterable[Mapping[str, Any]], benchmark_split: Mapping[str, str]) -> RunNumbers:
+    """Mean J&F, J and F per policy on the RefAVS seen and unseen splits, from per-sample rows.
+
+    ``benchmark_split`` maps sample_id to its RefAVS split (``test_s``/``test_u``/``test_n``);
+    samples of other splits (and null expressions) do not count, as in the official tables.
+    """
+    groups: dict[tuple[str, str], list[Mapping[str, Any]]] = {}
+    for row in rows:
+        split = REFAVS_SPLITS.get(benchmark_split.get(row["sample_id"], ""))
+        if split is not None and row["exp_type"] != "null":
+            groups.setdefault((row["policy"], split), []).append(row)
+    numbers: RunNumbers = {}
+    for (policy, split), members in groups.items():
+        for metric in METRICS:
+            value = sum(float(r[metric]) for r in members) / len(members)
+            numbers.setdefault(policy, {})[(split, metric)] = round(value, 2)
+    return numbers
+
+
+def paper_rows(paper: Sequence[Mapping[str, Any]], table: Table) -> list[Mapping[str, Any]]:
+    """The paper's entries of this table's benchmark, in file order."""
+    return [row for row in paper if row["benchmark"] == BENCHMARK[table]]
+
+
+def paper_table_markdown(table: Table, paper: Sequence[Mapping[str, Any]], run: RunNumbers, info: RunInfo,
+                         policies: Sequence[str]) -> str:
+    """``reports/paper_<table>.md``: comparison with Omni-R1 †, the paper's other methods, the run's provenance."""
+    if table not in TABLES:
+        raise ValueError(f"unknown table {table!r}; use one of {list(TABLES)}")
+    rows = paper_rows(paper, table)
+    reference = [r for r in rows if r["method"] == REFERENCE_METHOD]
+    if not reference:
+        raise ValueError(f"reports/paper_numbers.yaml has no {BENCHMARK[table]} entry for {REFERENCE_METHOD!r}; "
+                         "restore it from spec section 6")
+    sections = [f"# Omni-R1 paper table: {BENCHMARK[table]}", _provenance(info)]
+    if info.synthetic:
+        sections.append("**These numbers are from synthetic data with tiny models and are not comparable to the "
+                        "paper's.** They show that the evaluation path runs end to end, nothing more.")
+    missing = [p for p in policies if not run.get(p)]
+    if missing:
+        sections.append(_missing_note(table, missing))
+    sections += [f"## {REFERENCE_METHOD} (paper) and this run (x100; difference = this run - paper)",
+                 _comparison(reference, run, policies),
+                 "## Other methods in the paper", _others(rows)]
+    return "\n\n".join(sections) + "\n"
+
+
+def _provenance(info: RunInfo) -> str:
+    return "\n".join([
+        f"- data version: `{info.data_version}` (git tag `data/{info.data_version}`), verified before the run",
+        f"- data: `{info.data_root}` ({info.data_format} layout){' - synthetic' if info.synthetic else ''}",
+        f"- System 1 checkpoint: `{info.checkpoint}`",
+        f"- System 2: {info.detail}",
+        f"- DVC experiment: `{info.experiment}` (`dvc exp show` lists its params and metrics)",
+    ])
+
+
+def _missing_note(table: Table, policies: Sequence[str]) -> str:
+    if table == "refavs":
+        why = ("its data has no RefAVS seen/unseen test samples (`test_s`/`test_u` in metadata.csv); point "
+               "`data.root` at a RefAVS root with `data.format: refavs` to fill these cells")
+    else:
+        why = "its metrics.json has no referring/reasoning numbers for it"
+    return f"This run has no numbers for {', '.join(f'`{p}`' for p in policies)}: {why}."
+
+
+def _comparison(reference: Sequence[Mapping[str, Any]], run: RunNumbers, policies: Sequence[str]) -> str:
+    header = ["split", "metric", "paper"]
+    for policy in policies:
+        header += [f"{policy}", f"{policy} diff"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in reference:
+        key = (row["split"], row["metric"])
+        cells = [row["split"], METRIC_LABEL.get(row["metric"], row["metric"]), _fmt(row["value"])]
+        for policy in policies:
+            ours = run.get(policy, {}).get(key)
+            cells += [_fmt(ours), "-" if ours is None else f"{ours - float(row['value']):+.1f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _others(rows: Sequence[Mapping[str, Any]]) -> str:
+    lines = ["| method | split | metric | value | source |", "|---|---|---|---|---|"]
+    for row in rows:
+        if row["method"] != REFERENCE_METHOD:
+            lines.append(f"| {row['method']} | {row['split']} | {METRIC_LABEL.get(row['metric'], row['metric'])} | "
+                         f"{_fmt(row['value'])} | {row['source']} |")
+    return "\n".join(lines)
+
+
+def _fmt(value: Any) -> str:
+    return "-" if value is None else f"{float(value):.1f}"
+
+
+def is_synthetic(data_root: str, synth_out: str, raw_tracked_by: str) -> bool:
+    """True when the data is the synthetic generator's: under ``synth.out``, or the output of the ``synth`` stage."""
+    root, synth = _parts(data_root), _parts(synth_out)
+    return root[:len(synth)] == synth or raw_tracked_by == "dvc.lock:synth"
+
+
+def _parts(path: str) -> tuple[str, ...]:
+    return tuple(p for p in path.replace("\\", "/").split("/") if p not in ("", "."))

@@ -1,0 +1,99 @@
+"""Paper-table reproduction: the pure table writer (fast), and ``omni-r1 reproduce --table revos`` on a pinned
+synthetic data version in a throwaway git + DVC repo (slow).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from omni_r1.eval.paper import RunInfo, is_synthetic, paper_table_markdown, refavs_numbers, revos_numbers
+from omni_r1.eval.tables import load_paper_numbers
+from tests.integration.test_versioning import BIN, _sh, make_project
+
+REPO = Path(__file__).resolve().parents[2]
+PAPER = load_paper_numbers(REPO / "reports/paper_numbers.yaml")
+SUMMARY = {"global_reasoning": {"referring": {"J": 50.0, "F": 60.0, "JF": 55.0, "n": 4},
+                                "reasoning": {"J": 30.0, "F": 40.0, "JF": 35.0, "n": 2},
+                                "overall": {"J": 40.0, "F": 50.0, "JF": 45.0}, "samples": 6}}
+
+
+def _info(synthetic: bool) -> RunInfo:
+    return RunInfo(data_version="v1", data_root="data/raw/synthetic", data_format="video", checkpoint="builtin:tiny",
+                   detail="backend `light`", experiment="paper-revos-v1-x", synthetic=synthetic)
+
+
+def _cells(text: str, first: str) -> list[str]:
+    line = next(line for line in text.splitlines() if line.startswith(f"| {first} "))
+    return [c.strip() for c in line.strip("|").split("|")]
+
+
+def test_revos_table_has_paper_run_and_difference() -> None:
+    text = paper_table_markdown("revos", PAPER, revos_numbers(SUMMARY), _info(synthetic=False), ["global_reasoning"])
+    assert _cells(text, "overall") == ["overall", "J&F", "44.7", "45.0", "+0.3"]
+    assert _cells(text, "reasoning") == ["reasoning", "J&F", "36.9", "35.0", "-1.9"]
+    assert "| VISA-13B | overall | J&F | 50.9 | paper |" in text  # the paper's other methods, for context
+    assert "not comparable" not in text and "`data/v1`" in text
+
+
+def test_synthetic_data_is_said_plainly() -> None:
+    text = paper_table_markdown("revos", PAPER, revos_numbers(SUMMARY), _info(synthetic=True), ["global_reasoning"])
+    assert "**These numbers are from synthetic data with tiny models and are not comparable" in text
+    assert is_synthetic("data/raw/synthetic", "data/raw/synthetic", "dvc.lock:synth")
+    assert is_synthetic("./data/raw/synthetic/revos", "data/raw/synthetic", "data/raw/synthetic/revos.dvc")
+    assert is_synthetic("data/raw/mine", "data/raw/synthetic", "dvc.lock:synth")  # written by the synth stage
+    assert not is_synthetic("data/raw/refavs", "data/raw/synthetic", "data/raw/refavs.dvc")
+
+
+def test_refavs_numbers_average_by_seen_and_unseen_split() -> None:
+    rows = [{"sample_id": "a", "policy": "p", "exp_type": "referring", "J": 40.0, "F": 60.0, "JF": 50.0},
+            {"sample_id": "b", "policy": "p", "exp_type": "referring", "J": 20.0, "F": 40.0, "JF": 30.0},
+            {"sample_id": "c", "policy": "p", "exp_type": "referring", "J": 70.0, "F": 90.0, "JF": 80.0},
+            {"sample_id": "n", "policy": "p", "exp_type": "null", "J": 100.0, "F": 100.0, "JF": 100.0}]
+    splits = {"a": "test_s", "b": "test_s", "c": "test_u", "n": "test_n"}
+    run = refavs_numbers(rows, splits)
+    assert run["p"][("seen", "JF")] == 40.0 and run["p"][("seen", "J")] == 30.0
+    assert run["p"][("unseen", "F")] == 90.0
+    text = paper_table_markdown("refavs", PAPER, run, _info(synthetic=True), ["p"])
+    assert _cells(text, "seen")[:5] == ["seen", "J&F", "47.2", "40.0", "-7.2"]
+    assert _cells(text, "unseen")[:5] == ["unseen", "J&F", "74.2", "80.0", "+5.8"]
+
+
+def test_refavs_table_on_data_without_refavs_splits_says_why() -> None:
+    text = paper_table_markdown("refavs", PAPER, refavs_numbers([], {}), _info(synthetic=True), ["global_reasoning"])
+    assert "no RefAVS seen/unseen test samples" in text
+    assert _cells(text, "seen")[:5] == ["seen", "J&F", "47.2", "-", "-"]
+
+
+@pytest.mark.slow
+def test_reproduce_revos_on_a_pinned_synthetic_version(tmp_path: Path, prefect_harness: None,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    from prefect.settings import PREFECT_API_URL
+
+    from flows.cli import main
+
+    repo = make_project(tmp_path, tmp_path / "remote")
+    os.environ["PREFECT_API_URL"] = str(PREFECT_API_URL.value())  # stages reuse the session's Prefect API
+    _sh(repo, str(BIN / "dvc"), "repro", "features")
+    common = ["--repo", str(repo), "--dvc", str(BIN / "dvc")]
+    assert main(["data", "pin", "v1", *common]) == 0
+    reproduce = ["reproduce", "--table", "revos", "--data-version", "v1", "--checkpoint", "builtin:tiny", *common]
+
+    annotations = repo / "data/raw/synthetic/annotations.jsonl"
+    original = annotations.read_bytes()
+    annotations.write_bytes(original + b"\n")
+    capsys.readouterr()
+    assert main(reproduce) == 1  # a run refuses to start on other data
+    assert "changed (1): data/raw/synthetic/annotations.jsonl" in capsys.readouterr().err
+    assert not (repo / "data/predictions").exists()
+    annotations.write_bytes(original)
+
+    assert main(reproduce) == 0
+    text = (repo / "reports/paper_revos.md").read_text()
+    assert "| overall | J&F | 44.7 |" in text  # the paper's Omni-R1 † ReVOS overall
+    assert "not comparable" in text and "`builtin:tiny`" in text
+    assert (repo / "data/eval/metrics.json").is_file()
+    experiments = _sh(repo, str(BIN / "dvc"), "exp", "list", "--name-only")
+    assert "paper-revos-v1-" in experiments
