@@ -13,7 +13,14 @@ the task's modules and opens its own API client), against about 1 s for a thread
 in ffmpeg subprocesses and the processor releases the GIL in its numpy/torch kernels, so threads use
 both cores; ``thread`` is the default in params.yaml and ``process`` is there for Python-bound work.
 Spawned workers would each start a private ephemeral API unless told where the parent's is, so the
-process runner gets one shared server whose URL the children inherit.
+process runner and a local Dask or Ray cluster get one shared server whose URL the children inherit.
+
+Scale-out: ``task_runner: dask`` runs the chunks on a Dask cluster through ``prefect-dask`` and
+``ray`` on a Ray cluster through ``prefect-ray`` (``pip install -e .[ray]``: the ray wheel is large,
+so it is an extra). ``fanout.address`` names a running scheduler (``tcp://host:8786`` or
+``ray://host:10001``); empty starts a local cluster of ``workers`` single-threaded worker processes.
+Workers of a remote cluster must see the same paths as this process (dataset root, output and work
+folders on a shared filesystem) and reach the Prefect API: set ``PREFECT_API_URL`` to a real server.
 """
 
 from __future__ import annotations
@@ -40,49 +47,100 @@ def chunk_size(n_items: int, workers: int, chunks_per_worker: int = 2) -> int:
     return max(1, math.ceil(n_items / max(1, workers * chunks_per_worker)))
 
 
-def make_task_runner(kind: str, workers: int) -> Any:
-    """The Prefect task runner named by ``<stage>.fanout.task_runner`` in params.yaml."""
-    from prefect.task_runners import ProcessPoolTaskRunner, ThreadPoolTaskRunner
+RUNNERS = ("thread", "process", "dask", "ray")
+DASK_INSTALL = "pip install -e .  (it pins prefect-dask==0.3.7 and dask[distributed]==2026.8.0)"
+RAY_INSTALL = "pip install -e .[ray]  (it pins prefect-ray==0.6.0 and ray==2.60.0)"
 
+
+def make_task_runner(kind: str, workers: int, address: str = "") -> Any:
+    """The Prefect task runner named by ``<stage>.fanout.task_runner`` (and ``address``) in params.yaml."""
     if kind == "process":
+        from prefect.task_runners import ProcessPoolTaskRunner
+
         return ProcessPoolTaskRunner(max_workers=workers)
     if kind == "thread":
+        from prefect.task_runners import ThreadPoolTaskRunner
+
         return ThreadPoolTaskRunner(max_workers=workers)
     if kind == "dask":
-        try:
-            from prefect_dask import DaskTaskRunner
-        except ImportError as err:
-            raise RuntimeError(
-                "fanout.task_runner is 'dask' but prefect-dask is not installed; "
-                "run `.venv/bin/pip install prefect-dask==0.3.7` or choose 'process'"
-            ) from err
-        return DaskTaskRunner(cluster_kwargs={"n_workers": workers, "threads_per_worker": 1})
-    raise ValueError(f"unknown fanout.task_runner {kind!r}; use process, thread or dask")
+        return _dask_runner(workers, address)
+    if kind == "ray":
+        return _ray_runner(workers, address)
+    raise ValueError(f"unknown fanout.task_runner {kind!r} in params.yaml; use one of {', '.join(RUNNERS)}")
+
+
+def _dask_runner(workers: int, address: str) -> Any:
+    try:
+        from prefect_dask import DaskTaskRunner
+    except ImportError as err:
+        raise RuntimeError(f"fanout.task_runner is 'dask' but prefect-dask is not installed; run `{DASK_INSTALL}` "
+                           "or choose thread or process") from err
+    if address:
+        return DaskTaskRunner(address=address)
+    # One thread per worker process: decoding runs in ffmpeg subprocesses, and a worker per core
+    # is what "workers" means for the other runners too. The HTTP server on a free port: 8787 may
+    # be taken by another cluster on the machine.
+    return DaskTaskRunner(cluster_kwargs={"n_workers": workers, "threads_per_worker": 1, "processes": True,
+                                          "dashboard_address": ":0"})
+
+
+def _ray_runner(workers: int, address: str) -> Any:
+    try:
+        from prefect_ray import RayTaskRunner
+    except ImportError as err:
+        raise RuntimeError(f"fanout.task_runner is 'ray' but prefect-ray (and ray) is not installed; run "
+                           f"`{RAY_INSTALL}` or choose thread, process or dask") from err
+    if address:
+        return RayTaskRunner(address=address)
+    return RayTaskRunner(init_kwargs={"num_cpus": workers, "include_dashboard": False})
+
+
+def _spawns_local_workers(kind: str, address: str) -> bool:
+    """Runners whose workers are child processes of this one, started here."""
+    return kind == "process" or (kind in ("dask", "ray") and not address)
 
 
 @contextlib.contextmanager
-def _shared_api_for_subprocesses(kind: str):  # type: ignore[no-untyped-def]
-    """For a process pool without a configured API, start one ephemeral server the workers can reach."""
+def _shared_api_for_subprocesses(kind: str, address: str = ""):  # type: ignore[no-untyped-def]
+    """For local worker processes without a configured API, start one ephemeral server they can reach.
+
+    An API already configured in this process's settings (a test harness, a profile) but not in its
+    environment is exported for the time of the run, so that the children find it as well.
+    """
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    if kind != "process" or PREFECT_API_URL.value():
+    if not _spawns_local_workers(kind, address):
         yield
+        return
+    configured = PREFECT_API_URL.value()
+    if configured:
+        with _environment("PREFECT_API_URL", configured):
+            yield
         return
     from prefect.server.api.server import SubprocessASGIServer
 
     server = SubprocessASGIServer()
     server.start()
-    previous = os.environ.get("PREFECT_API_URL")
-    os.environ["PREFECT_API_URL"] = server.api_url  # inherited by the spawned workers
     try:
-        with temporary_settings({PREFECT_API_URL: server.api_url}):
+        # The URL in the environment is inherited by the spawned workers.
+        with _environment("PREFECT_API_URL", server.api_url), temporary_settings({PREFECT_API_URL: server.api_url}):
             yield
     finally:
-        if previous is None:
-            os.environ.pop("PREFECT_API_URL", None)
-        else:
-            os.environ["PREFECT_API_URL"] = previous
         server.stop()
+
+
+@contextlib.contextmanager
+def _environment(name: str, value: str):  # type: ignore[no-untyped-def]
+    """Set one environment variable for the time of the block, then restore what was there."""
+    previous = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = previous
 
 
 def _run_chunk(fn: Callable[..., R], chunk: list[Any], common: tuple[Any, ...]) -> list[R]:
@@ -97,6 +155,7 @@ def map_chunks(
     stage: str,
     task_runner: str,
     workers: int,
+    address: str = "",
     unit: str = "video",
     on_result: Callable[[R], Any] | None = None,
 ) -> list[Any]:
@@ -114,7 +173,7 @@ def map_chunks(
     chunks = chunked(items, chunk_size(len(items), workers))
     stage_task = task(_run_chunk, name=stage, cache_policy=NO_CACHE, persist_result=False, retries=0)
 
-    @flow(name=f"{stage}-fanout", task_runner=make_task_runner(task_runner, workers), persist_result=False,
+    @flow(name=f"{stage}-fanout", task_runner=make_task_runner(task_runner, workers, address), persist_result=False,
           log_prints=False)
     def fanout() -> list[Any]:
         futures = [stage_task.submit(fn, chunk, common) for chunk in chunks]
@@ -126,12 +185,13 @@ def map_chunks(
                     bar.update(1)
         return kept
 
-    log.info("%s: %d items in %d chunks on a %s task runner with %d workers", stage, len(items), len(chunks),
-             task_runner, workers)
+    log.info("%s: %d items in %d chunks on a %s task runner with %s", stage, len(items), len(chunks),
+             task_runner, f"the cluster at {address}" if address else f"{workers} workers")
     # Heartbeats matter only to monitored deployments; for this local run the heartbeat thread's
     # 1 s sleeps are joined at the end of the flow (about 1 s per stage, measured by the bench).
     from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
 
-    with _shared_api_for_subprocesses(task_runner), temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+    no_heartbeat = temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None})
+    with _shared_api_for_subprocesses(task_runner, address), no_heartbeat:
         return fanout()
 

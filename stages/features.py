@@ -34,7 +34,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     start = time.perf_counter()
     fan = params.features.fanout
     written = map_chunks(featurize_shard, entries, common=(args.shards, args.out, params.features), stage="features",
-                         unit="shard", task_runner=fan.task_runner, workers=fan.workers)
+                         unit="shard", task_runner=fan.task_runner, workers=fan.workers, address=fan.address)
     seconds = time.perf_counter() - start
     atomic_write_json(args.out / "manifest.json", {"features": written, "tokenizer": params.features.tokenizer})
     records = sum(w["records"] for w in written)

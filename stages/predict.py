@@ -36,7 +36,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     fan = params.predict.fanout
     rows = [row for chunk in map_chunks(predict_shard, entries, common=(args.shards, args.features, args.out, params),
                                         stage="predict", unit="shard", task_runner=fan.task_runner,
-                                        workers=fan.workers)
+                                        workers=fan.workers, address=fan.address)
             for row in chunk]
     atomic_write_text(args.out / "rows.jsonl", "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
     metrics = {"samples": len({r["sample_id"] for r in rows})}

@@ -1,8 +1,13 @@
 """Stage ``shard``: decode each video once into WebDataset shards (low-res, high-res, audio, masks).
 
-Videos are fanned out through the Prefect task runner of ``shard.fanout``; records are written in
-video order by this process as they arrive. An undecodable video is quarantined with its reason
-(``<out>/quarantine.json``) and the others go on; ``data/metrics/shard.json`` counts both.
+Videos are fanned out through the Prefect task runner of ``shard.fanout`` (threads, processes, or
+a Dask or Ray cluster). Each worker decodes a video into its own entry of the work folder
+(``--work``, by default ``data/shards.work``: beside the DVC output, which DVC deletes before a
+rerun); this process writes the shards from those entries in video order and the manifest last,
+then deletes the work folder. A run that died half-way (killed, disk full) is resumed by the next
+one, which decodes only the videos without an entry and writes the same bytes.
+An undecodable video is quarantined with its reason (``<out>/quarantine.json``) and the others go
+on; ``data/metrics/shard.json`` counts both, and the videos decoded and reused by this run.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ from typing import Sequence
 import pandas as pd
 
 from flows.fanout import map_chunks
-from omni_r1.data.pipeline import ShardSink, rows_from_frame, sampling_plan, shard_video
+from omni_r1.data.pipeline import ResumableShardRun, decode_to_work, rows_from_frame, sampling_plan
 from omni_r1.data.shards import group_by_video
 from omni_r1.fileio import atomic_write_json
 from stages.common import parse, parser
@@ -30,23 +35,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--root", type=Path, default=None, help="dataset root (default data.root)")
     p.add_argument("--out", type=Path, default=Path("data/shards"))
     p.add_argument("--metrics", type=Path, default=Path("data/metrics/shard.json"))
+    p.add_argument("--work", type=Path, default=None,
+                   help="decoded videos of an unfinished run, kept to resume it (default <out>.work, beside the "
+                        "DVC output so that DVC leaves it alone); on a Dask or Ray cluster, a folder the workers share")
     args, params = parse(p, argv)
+    work = args.work or args.out.with_name(args.out.name + ".work")
     root = args.root or Path(params.data.root)
     groups = group_by_video(rows_from_frame(pd.read_parquet(args.manifest)))
-    sink = ShardSink(args.out, params.shard.videos_per_shard)
     plan = sampling_plan(params.data)
     start = time.perf_counter()
+    run = ResumableShardRun(groups, root, plan, args.out, work, params.shard.videos_per_shard)
+    if any(run.reused):
+        log.info("resuming: %d of %d videos are already decoded in %s", sum(run.reused), len(groups), work)
     fan = params.shard.fanout
-    map_chunks(shard_video, groups, common=(root, plan), stage="shard", task_runner=fan.task_runner,
-               workers=fan.workers, on_result=sink.keep)
-    manifest = sink.close(plan)
-    tally = sink.tally
+    # Absolute paths: the workers of a cluster do not share this process's working directory.
+    map_chunks(decode_to_work, run.jobs, common=(root.resolve(), plan, work.resolve()), stage="shard",
+               task_runner=fan.task_runner, workers=fan.workers, address=fan.address, on_result=run.keep)
+    manifest = run.close()
+    tally = run.tally
     metrics = tally.metrics(time.perf_counter() - start)
     atomic_write_json(args.metrics, {**metrics, "shards": len(manifest["shards"])})
     for entry in tally.quarantine:
         log.warning("quarantined %s: %s: %s (fix: %s)", entry.sample_id, entry.file, entry.reason, entry.hint)
-    log.info("%d videos (%d samples) sharded into %d shards, %d videos quarantined, %.0f frames/s -> %s",
-             metrics["videos_ok"], metrics["samples_ok"], len(manifest["shards"]), metrics["videos_quarantined"],
+    log.info("%d videos (%d samples) sharded into %d shards (%d decoded, %d reused), %d videos quarantined, "
+             "%.0f frames/s -> %s", metrics["videos_ok"], metrics["samples_ok"], len(manifest["shards"]),
+             metrics["decoded_videos"], metrics["reused_videos"], metrics["videos_quarantined"],
              metrics["frames_per_second"], args.out)
     return 0
 

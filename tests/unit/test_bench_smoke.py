@@ -62,3 +62,29 @@ def test_size_argument_is_checked(monkeypatch: pytest.MonkeyPatch) -> None:
         bench._size("640")
     with pytest.raises(Exception, match="even sides"):
         bench._size("641x360")
+
+
+SCALEOUT_LINE = re.compile(
+    r"ratio 2/1 workers = (?P<ratio>[\d.]+) \(2 workers (?P<two>[\d.]+) frames/s, 1 worker (?P<one>[\d.]+) frames/s, "
+    r"(?P<videos>\d+) videos x (?P<frames>\d+) frames, dask\)"
+)
+
+
+@pytest.mark.slow  # two Dask LocalClusters (3 worker processes) and four stage runs: about a minute
+def test_scaleout_bench_prints_ratio_last(prefect_harness: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("TQDM_DISABLE", "1")
+    monkeypatch.syspath_prepend(str(REPO / "bench"))
+    spec = importlib.util.spec_from_file_location("scaleout", REPO / "bench" / "scaleout.py")
+    assert spec is not None and spec.loader is not None
+    bench = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, bench)
+    spec.loader.exec_module(bench)
+    assert bench.main(["--small", "--cache-dir", str(tmp_path / "cache")]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    match = SCALEOUT_LINE.fullmatch(lines[-1])
+    assert match is not None, lines[-1]
+    assert float(match["ratio"]) > 0 and float(match["one"]) > 0 and float(match["two"]) > 0
+    assert (int(match["videos"]), int(match["frames"])) == (4, 20)  # --small: 4 clips of 2 s at 10 fps
+    assert not any(line.startswith("warning:") for line in lines), lines
+    assert not list((tmp_path / "cache").glob("*/.scaleout-*")), "the benchmark's scratch folder must be removed"

@@ -2,21 +2,35 @@
 
 Stages (``stages/*.py``) parse arguments, load params and call one function here; the fan-out of
 ``shard_video`` over videos is done by the stage through a Prefect task runner.
+
+The shard stage resumes (``ResumableShardRun``): each video is decoded by a worker into its own
+entry of a work folder (``data/shards.work``), published by one rename, under a key of its
+rows, its media files' size and mtime, the sampling plan and the decoding code. The parent writes
+the shards from those entries in video order and the manifest last, then deletes the work folder.
+A run that died (killed, disk full) leaves the finished entries; the next run decodes only the
+videos without one, and writes the same bytes an uninterrupted run writes.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 import shutil
 import time
+import uuid
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
+
+import numpy as np
 
 import pandas as pd
 
 from omni_r1.config import DataParams, FeaturesParams, IngestParams
 from omni_r1.data.formats import read_layout
+from omni_r1.data.paths import safe_join
 from omni_r1.data.shards import SamplingPlan, ShardSetWriter, VideoRecord, build_record, iter_shard
 from omni_r1.fileio import atomic_write_json
 from omni_r1.data.video import MediaError
@@ -92,17 +106,24 @@ def _relative(path: str, root: Path) -> str:
 
 @dataclass
 class ShardTally:
-    """Counts for the shard stage's metrics: what flowed, what was quarantined, how fast."""
+    """Counts for the shard stage's metrics: what flowed, what was quarantined, what was decoded or reused, how fast.
+
+    ``frames_decoded`` and the frames/s figure count only videos decoded by this run; videos taken
+    from the work folder of an interrupted run are counted apart (``reused_videos``, ``frames_reused``).
+    """
 
     videos_ok: int = 0
     videos_quarantined: int = 0
     samples_ok: int = 0
     samples_quarantined: int = 0
+    decoded_videos: int = 0
+    reused_videos: int = 0
     frames_decoded: int = 0
+    frames_reused: int = 0
     decode_seconds: float = 0.0
     quarantine: list[QuarantineEntry] = field(default_factory=list)
 
-    def add(self, outcome: ShardOutcome) -> None:
+    def add(self, outcome: ShardOutcome, reused: bool = False) -> None:
         if outcome.quarantine:
             self.videos_quarantined += 1
             self.samples_quarantined += outcome.samples
@@ -110,8 +131,13 @@ class ShardTally:
         else:
             self.videos_ok += 1
             self.samples_ok += outcome.samples
-        self.frames_decoded += outcome.frames_decoded
-        self.decode_seconds += outcome.seconds
+        if reused:
+            self.reused_videos += 1
+            self.frames_reused += outcome.frames_decoded
+        else:
+            self.decoded_videos += 1
+            self.frames_decoded += outcome.frames_decoded
+            self.decode_seconds += outcome.seconds
 
     def metrics(self, wall_seconds: float) -> dict[str, Any]:
         return {
@@ -119,7 +145,10 @@ class ShardTally:
             "videos_quarantined": self.videos_quarantined,
             "samples_ok": self.samples_ok,
             "samples_quarantined": self.samples_quarantined,
+            "decoded_videos": self.decoded_videos,
+            "reused_videos": self.reused_videos,
             "frames_decoded": self.frames_decoded,
+            "frames_reused": self.frames_reused,
             "wall_seconds": round(wall_seconds, 3),
             "frames_per_second": round(self.frames_decoded / wall_seconds, 1) if wall_seconds > 0 else 0.0,
         }
@@ -139,15 +168,216 @@ class ShardSink:
         self.writer = ShardSetWriter(out_dir, videos_per_shard)
         self.tally = ShardTally()
 
-    def keep(self, outcome: ShardOutcome) -> ShardOutcome:
+    def keep(self, outcome: ShardOutcome, reused: bool = False) -> ShardOutcome:
         if outcome.record is not None:
             self.writer.write(outcome.record)
-        self.tally.add(outcome)
+        self.tally.add(outcome, reused)
         return outcome.summary()
 
     def close(self, plan: SamplingPlan) -> dict[str, Any]:
         atomic_write_json(self.out_dir / "quarantine.json", quarantine_json(self.tally.quarantine))
         return self.writer.close({"sampling": vars(plan)})
+
+
+# ----------------------------------------------------------------------------------------------- resumable shard
+
+WORK_FORMAT = 1  # bump when the layout of a work entry changes
+_OUTCOME_NAME = "outcome.json"
+_ARRAYS = {"low.npy": "low_res", "high.npy": "high_res", "audio.npy": "audio"}
+_TMP_PREFIX = ".tmp-"
+# The modules whose code decides what a decoded video holds: a change in any of them makes the
+# entries of an interrupted run stale (DVC reruns the stage for the same change).
+_DECODING_MODULES = ("omni_r1.data.video", "omni_r1.data.shards", "omni_r1.data.masks", "omni_r1.data.paths",
+                     "omni_r1.data.ffmpeg", "omni_r1.data.pipeline", "omni_r1.types")
+
+
+def decoding_fingerprint() -> str:
+    """sha256 of the source of the modules that decode a video into a record."""
+    import importlib
+
+    digest = hashlib.sha256()
+    for name in _DECODING_MODULES:
+        source = Path(importlib.import_module(name).__file__ or "")
+        digest.update(name.encode() + b"\0" + source.read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
+def _media_paths(rows: Sequence[ManifestRow]) -> list[str]:
+    """Every file a video's record is made from: the video or its frames and audio, and PNG masks."""
+    paths: set[str] = set()
+    for row in rows:
+        paths.update(p for p in (row.video_path, row.audio_path) if p)
+        paths.update(row.frame_paths)
+        for obj in row.mask_objects():
+            paths.update(obj.get("pngs", ()))
+    return sorted(paths)
+
+
+def work_key(rows: Sequence[ManifestRow], root: Path, plan: SamplingPlan, fingerprint: str) -> str:
+    """The key of a video's work entry: its rows, its files' size and mtime, the plan and the decoding code.
+
+    A file that cannot be stat'ed gets no identity: the video is decoded again (and quarantined if
+    it is still missing), never taken from an old entry.
+    """
+    files = []
+    for relative in _media_paths(rows):
+        try:
+            stat = safe_join(root, relative).stat()
+            files.append([relative, stat.st_size, stat.st_mtime_ns])
+        except OSError:
+            files.append([relative, None, uuid.uuid4().hex])
+    identity = {"format": WORK_FORMAT, "code": fingerprint, "plan": asdict(plan), "files": files,
+                "rows": [row.to_dict() for row in rows]}
+    return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()
+
+
+class ShardWork:
+    """The work folder of the shard stage: one entry per decoded video, ``<key>/`` with its outcome and arrays.
+
+    An entry is written in a temp folder and renamed into place, so a present entry is whole; temp
+    folders left by a killed run are removed by ``discard_partial``.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def has(self, key: str) -> bool:
+        return (self.path / key / _OUTCOME_NAME).is_file()
+
+    def entries(self) -> list[str]:
+        """Keys of the whole entries present now."""
+        if not self.path.is_dir():
+            return []
+        return sorted(p.name for p in self.path.iterdir() if not p.name.startswith(".") and self.has(p.name))
+
+    def save(self, key: str, outcome: ShardOutcome) -> None:
+        """Write one video's outcome as the entry ``key``; on any failure (a full disk) leave no trace of it."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        tmp = self.path / f"{_TMP_PREFIX}{key}-{uuid.uuid4().hex}"
+        tmp.mkdir()
+        try:
+            if outcome.record is not None:
+                for name, attribute in _ARRAYS.items():
+                    with (tmp / name).open("wb") as handle:
+                        np.save(handle, np.ascontiguousarray(getattr(outcome.record, attribute)), allow_pickle=False)
+            (tmp / _OUTCOME_NAME).write_text(json.dumps(_outcome_json(outcome), sort_keys=True))
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        try:
+            os.rename(tmp, self.path / key)
+        except OSError:
+            shutil.rmtree(tmp, ignore_errors=True)
+            if not self.has(key):  # else another worker published the same video first: its entry is as good
+                raise
+
+    def load(self, key: str) -> ShardOutcome:
+        """The outcome of entry ``key``, its arrays mapped from disk rather than read into memory."""
+        folder = self.path / key
+        data = json.loads((folder / _OUTCOME_NAME).read_text())
+        record = None
+        if data["record"] is not None:
+            arrays = {attribute: _load_array(folder / name) for name, attribute in _ARRAYS.items()}
+            record = VideoRecord(data["record"]["key"], data["record"]["split"], data["record"]["meta"],
+                                 data["record"]["expressions"], **arrays)
+        quarantine = tuple(QuarantineEntry(**entry) for entry in data["quarantine"])
+        return ShardOutcome(data["video_id"], data["split"], data["samples"], record, quarantine, data["seconds"],
+                            data["frames_decoded"])
+
+    def discard_partial(self) -> None:
+        """Remove temp folders of entries whose writer died before publishing them."""
+        if self.path.is_dir():
+            for tmp in self.path.glob(f"{_TMP_PREFIX}*"):
+                shutil.rmtree(tmp, ignore_errors=True)
+
+    def clear(self) -> None:
+        shutil.rmtree(self.path, ignore_errors=True)
+
+
+def _outcome_json(outcome: ShardOutcome) -> dict[str, Any]:
+    record = outcome.record
+    return {
+        "video_id": outcome.video_id,
+        "split": outcome.split,
+        "samples": outcome.samples,
+        "seconds": outcome.seconds,
+        "frames_decoded": outcome.frames_decoded,
+        "quarantine": [entry.to_dict() for entry in outcome.quarantine],
+        "record": None if record is None else {"key": record.key, "split": record.split, "meta": record.meta,
+                                               "expressions": record.expressions},
+    }
+
+
+def _load_array(path: Path) -> np.ndarray:
+    # allow_pickle=False: the work folder is data, never code. Small arrays (and empty ones, which
+    # cannot be mapped) are read; frames are mapped, so the parent never holds a whole shard's pixels.
+    if path.stat().st_size < (1 << 20):
+        return np.load(path, allow_pickle=False)
+    return np.load(path, mmap_mode="r", allow_pickle=False)
+
+
+@dataclass(frozen=True)
+class ShardJob:
+    """One video still to decode: its rows and the key of its work entry."""
+
+    rows: tuple[ManifestRow, ...]
+    key: str
+
+
+def decode_to_work(job: ShardJob, root: Path, plan: SamplingPlan, work_dir: Path) -> ShardOutcome:
+    """Decode one video into its work entry (runs in a fan-out worker); return the outcome without pixels."""
+    outcome = shard_video(job.rows, root, plan)
+    ShardWork(work_dir).save(job.key, outcome)
+    return outcome.summary()
+
+
+class ResumableShardRun:
+    """The shard stage over a work folder: decode what is missing, then write shards from the entries in order.
+
+    ``jobs`` are the videos to fan out to ``decode_to_work``; pass ``keep`` as the fan-out's result
+    callback (results arrive in job order) and call ``close`` at the end. Entries of earlier runs
+    are written in their place between fresh ones, so the shards are those of an uninterrupted run.
+    """
+
+    def __init__(self, groups: Sequence[Sequence[ManifestRow]], root: Path, plan: SamplingPlan, out_dir: Path,
+                 work_dir: Path, videos_per_shard: int) -> None:
+        self.plan = plan
+        self.work = ShardWork(work_dir)
+        self.work.discard_partial()
+        fingerprint = decoding_fingerprint()
+        self.keys = [work_key(rows, root, plan, fingerprint) for rows in groups]
+        self.reused = [self.work.has(key) for key in self.keys]
+        self._fresh = [i for i, reused in enumerate(self.reused) if not reused]
+        self.jobs = [ShardJob(tuple(groups[i]), self.keys[i]) for i in self._fresh]
+        self.sink = ShardSink(out_dir, videos_per_shard)
+        self._written = 0  # videos written into the shards so far, in video order
+        self._arrived = 0  # fresh outcomes received so far
+
+    @property
+    def tally(self) -> ShardTally:
+        return self.sink.tally
+
+    def keep(self, outcome: ShardOutcome) -> ShardOutcome:
+        """Result callback of the fan-out: write every video up to this fresh one from the work folder."""
+        self._write_through(self._fresh[self._arrived] + 1)
+        self._arrived += 1
+        return outcome
+
+    def close(self) -> dict[str, Any]:
+        """Write the remaining videos, the quarantine report and the manifest; then drop the work folder."""
+        if self._arrived != len(self._fresh):
+            raise RuntimeError(f"the shard fan-out returned {self._arrived} of {len(self._fresh)} videos; "
+                               "rerun the shard stage (finished videos are kept in the work folder)")
+        self._write_through(len(self.keys))
+        manifest = self.sink.close(self.plan)
+        self.work.clear()
+        return manifest
+
+    def _write_through(self, stop: int) -> None:
+        while self._written < stop:
+            index = self._written
+            self.sink.keep(self.work.load(self.keys[index]), reused=self.reused[index])
+            self._written += 1
 
 
 def quarantine_json(entries: Sequence[QuarantineEntry]) -> list[dict[str, str]]:

@@ -21,7 +21,6 @@ import json
 import os
 import tarfile
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
@@ -36,6 +35,7 @@ from omni_r1.data.video import decode_audio, decode_video, fit_size, frame_times
 from omni_r1.types import AUDIO_RATE, ManifestRow, MaskTrack, ObjectMasks, Sample
 
 MANIFEST_NAME = "manifest.json"
+MEMBER_MTIME = 946_684_800  # 2000-01-01 UTC: every tar member's mtime, so that shards are reproducible
 _EXPRESSION_FIELDS = ("sample_id", "exp_id", "expression", "exp_type", "cue", "benchmark_split", "needs_audio")
 
 
@@ -189,9 +189,10 @@ class _TarShard:
     def add(self, name: str, parts: Sequence[bytes | memoryview]) -> None:
         info = tarfile.TarInfo(name)
         info.size = sum(memoryview(part).nbytes for part in parts)
-        # The member attributes webdataset's TarWriter wrote, but a whole-second mtime: a float
-        # one costs each member an extra pax header block.
-        info.mtime = int(time.time())
+        # The member attributes webdataset's TarWriter wrote, but a fixed whole-second mtime: a float
+        # one costs each member an extra pax header block, and the clock would make the bytes of
+        # two runs over the same videos differ (DVC would see new shards; a resumed run must match).
+        info.mtime = MEMBER_MTIME
         info.mode = 0o444
         info.uname = info.gname = "bigdata"
         self._write(info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape"))
