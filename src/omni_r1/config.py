@@ -241,6 +241,9 @@ class WarmStartParams:
 class TrainParams:
     """GRPO training of the Global Reasoning System (spec section 3 gives the paper's values)."""
 
+    # The starting policy: builtin:tiny (random tiny thinker, demo/tests) or a local Qwen2.5-Omni thinker folder.
+    # global_reasoning.checkpoint names the policy the predict stage runs (the demo: this stage's export).
+    init_checkpoint: str = "builtin:tiny"
     steps: int = 200
     prompts_per_step: int = 4
     group_size: int = 8  # G
@@ -264,6 +267,7 @@ class TrainParams:
     keep_last: int = 2
     resume: bool = False
     cpu_threads: int = 1  # torch threads on CPU: the tiny thinker runs fastest single-threaded (measured 8x)
+    seed_workers: int = 1  # seeds trained side by side in worker processes (CPU demo: one per core)
     out: str = "data/models/policy"
     warm_start: WarmStartParams = WarmStartParams()
     deepspeed: DeepSpeedParams = DeepSpeedParams()
@@ -278,7 +282,8 @@ class TrainParams:
         _require(self.updates_per_batch >= 1, "train.updates_per_batch", "must be at least 1")
         _require(self.save_every >= 1 and self.keep_last >= 1, "train.save_every/keep_last", "must be at least 1")
         _require(len(self.seeds) >= 1, "train.seeds", "must name at least one seed")
-        _require(self.cpu_threads >= 1, "train.cpu_threads", "must be at least 1")
+        _require(self.cpu_threads >= 1 and self.seed_workers >= 1, "train.cpu_threads/seed_workers",
+                 "must be at least 1")
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ def run(synth_video: Path, tmp_path_factory: pytest.TempPathFactory, prefect_har
     small = ["--params", str(REPO / "params.yaml"), "--set", "data.low_res=64", "--set", "data.high_res=96",
              "--set", "detail.light_steps=2", "--set", "detail.light_batch=4", "--set", "detail.light_size=32",
              "--set", "global_reasoning.max_new_tokens=16", "--set", f"detail.light_checkpoint={out / 'detail'}",
+             "--set", "global_reasoning.checkpoint=builtin:tiny",
              "--set", f"data.root={synth_video}"]
     assert cli(["prepare", "--format", "video", "--root", str(synth_video), "--out", str(out), *small[:6]]) == 0
     paths = {"shards": out / "shards", "features": out / "features", "pred": out / "predictions",

@@ -84,3 +84,24 @@ def write_overlays(shard_dir: Path, pred_dir: Path, split: str, policy: str, out
         atomic_write_bytes(out_dir / name, buffer.getvalue())
         written.append(out_dir / name)
     return written
+
+
+def plot_training(tsv: Path, path: Path) -> None:
+    """Reward (mean over the step's rollouts, smoothed) and parse-failure rate per GRPO step, one line per seed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import pandas as pd
+
+    log = pd.read_csv(tsv, sep="\t")
+    fig, axes = plt.subplots(1, 2, figsize=(8, 3))
+    for seed, rows in log.groupby("seed"):
+        smooth = rows["reward"].rolling(10, min_periods=1).mean()
+        axes[0].plot(rows["step"], smooth, label=f"seed {seed}")
+        axes[1].plot(rows["step"], rows["parse_failure_rate"].rolling(10, min_periods=1).mean(), label=f"seed {seed}")
+    axes[0].set(title="GRPO reward (10-step mean)", xlabel="step", ylabel="reward")
+    axes[1].set(title="parse-failure rate", xlabel="step", ylim=(0, 1))
+    axes[0].legend(fontsize=7)
+    atomic_write_bytes(path, _figure_bytes(fig))
+    plt.close(fig)

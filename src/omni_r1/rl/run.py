@@ -10,7 +10,12 @@ can name.
 from __future__ import annotations
 
 import dataclasses
+import multiprocessing
+import os
+import shutil
+import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from omni_r1.config import Params
+from omni_r1.config import Params, params_from_dict, params_to_dict
 from omni_r1.fileio import atomic_write_text
 from omni_r1.models.processor import build_processor
 from omni_r1.rl.engine import build_engine
@@ -43,10 +48,12 @@ class RunPaths:
 
 
 def build_reasoner(params: Params, seed: int) -> GlobalReasoner:
-    """System 1 for one seed: the thinker of ``global_reasoning`` (tiny: initialised from seed), towers frozen."""
+    """System 1 for one seed: the thinker ``train.init_checkpoint`` names (tiny: initialised from the seed),
+    with the ``global_reasoning`` settings, towers frozen."""
     f = params.features
     processor = build_processor(f.tokenizer, min_pixels=f.min_pixels, max_pixels=f.max_pixels, mel_bins=f.mel_bins)
-    gr = dataclasses.replace(params.global_reasoning, seed=params.global_reasoning.seed + seed)
+    gr = dataclasses.replace(params.global_reasoning, checkpoint=params.train.init_checkpoint,
+                             seed=params.global_reasoning.seed + seed)
     model = load_thinker(gr, processor)
     freeze_towers(model, vision=gr.freeze_vision, audio=gr.freeze_audio)
     return GlobalReasoner(model=model, processor=processor, params=gr)
@@ -106,35 +113,105 @@ def _before(trainer: GRPOTrainer, reasoner: GlobalReasoner, segmenter: Segmenter
 StepHook = Callable[[int, int, dict[str, float]], None]  # (seed, step, logged values)
 
 
+class StepLog:
+    """The step TSV of one or more seeds (columns: seed, step, then the trainer's values), rewritten atomically."""
+
+    def __init__(self, path: Path) -> None:
+        self.path, self.header, self.rows = path, [], []
+
+    def add(self, seed: int, step: int, values: dict[str, float]) -> None:
+        if not self.header:
+            self.header = ["seed", "step", *values]
+        self.rows.append("\t".join([str(seed), str(step), *(f"{values[c]:.6g}" for c in self.header[2:])]))
+        atomic_write_text(self.path, "\n".join(["\t".join(self.header), *self.rows]) + "\n")
+
+
 def run_training(params: Params, paths: RunPaths, *, say: Say = print, on_step: StepHook | None = None) -> dict[str, Any]:
-    """Every seed of ``train.seeds``; the step log goes to ``paths.log``, the first seed's policy to out/final."""
+    """Every seed of ``train.seeds``; the step log goes to ``paths.log``, the first seed's policy to out/final.
+
+    With ``train.seed_workers`` > 1 the seeds train side by side in spawned processes (one CPU thread
+    each by default), each writing its own part of the log, merged at the end in seed order.
+    """
+    seeds = list(params.train.seeds)
+    workers = min(params.train.seed_workers, len(seeds))
+    if workers > 1:
+        return _run_parallel(params, paths, seeds, workers)
     torch.set_num_threads(params.train.cpu_threads)
     segmenter = build_segmenter(params.detail)
-    rows: list[str] = []
-    header: list[str] = []
+    log = StepLog(paths.log)
     results = []
-    for seed in params.train.seeds:
+    for seed in seeds:
         def log_step(step: int, values: dict[str, float], seed: int = seed) -> None:
             if on_step is not None:
                 on_step(seed, step, values)
-            if not header:
-                header.extend(["seed", "step", *values])
-                rows.append("\t".join(header))
-            rows.append("\t".join([str(seed), str(step), *(f"{values[c]:.6g}" for c in header[2:])]))
-            atomic_write_text(paths.log, "\n".join(rows) + "\n")
+            log.add(seed, step, values)
 
         result = train_seed(params, seed, paths, segmenter, on_step=log_step, say=say)
-        if seed == params.train.seeds[0]:
-            export_policy(result["reasoner"], paths.out / "final")
+        if seed == seeds[0]:
+            export_policy(result.pop("reasoner"), paths.out / "final")
+        result.pop("reasoner", None)
         results.append(result)
     return summary(results)
 
 
+def _part_log(paths: RunPaths, seed: int) -> Path:
+    return paths.log.with_name(f"{paths.log.stem}.seed-{seed}{paths.log.suffix}")
+
+
+def _run_parallel(params: Params, paths: RunPaths, seeds: list[int], workers: int) -> dict[str, Any]:
+    """Seeds in spawned worker processes; the parts of the step log are merged into ``paths.log``."""
+    raw = params_to_dict(params)
+    with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = [pool.submit(_seed_process, raw, seed, paths, index, seed == seeds[0])
+                   for index, seed in enumerate(seeds)]
+        results = [future.result() for future in futures]
+    parts = [_part_log(paths, seed) for seed in seeds]
+    lines = [line for i, part in enumerate(parts) for line in part.read_text().splitlines()[(0 if i == 0 else 1):]]
+    atomic_write_text(paths.log, "\n".join(lines) + "\n")
+    for part in parts:
+        part.unlink()
+    return summary(results)
+
+
+def _seed_process(raw: dict[str, Any], seed: int, paths: RunPaths, position: int, export: bool) -> dict[str, Any]:
+    """One seed in a worker process: its own segmenter, log part and progress bar; the export if asked."""
+    from tqdm.auto import tqdm
+
+    params = params_from_dict(raw)
+    torch.set_num_threads(params.train.cpu_threads)
+    log = StepLog(_part_log(paths, seed))
+    bar = tqdm(total=params.train.steps, desc=f"GRPO seed {seed}", unit="step", position=position, dynamic_ncols=True)
+
+    def log_step(step: int, values: dict[str, float]) -> None:
+        log.add(seed, step, values)
+        bar.set_postfix_str(f"reward {values['reward']:.3f} parse-fail {values['parse_failure_rate']:.2f}")
+        bar.update(step - bar.n)
+
+    result = train_seed(params, seed, paths, build_segmenter(params.detail), on_step=log_step,
+                        say=lambda text: bar.write(text))
+    bar.close()
+    reasoner = result.pop("reasoner")
+    if export:
+        export_policy(reasoner, paths.out / "final")
+    return result
+
+
 def export_policy(reasoner: GlobalReasoner, folder: Path) -> None:
-    """The trained thinker and its processor as a plain transformers checkpoint folder."""
-    folder.mkdir(parents=True, exist_ok=True)
-    reasoner.model.save_pretrained(folder, safe_serialization=True)
-    reasoner.processor.save_pretrained(folder)
+    """The trained thinker and its processor as a plain transformers checkpoint folder, published whole.
+
+    Written into a sibling temp folder and renamed over ``folder``, so a reader never sees half of it.
+    """
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    temp = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
+    try:
+        reasoner.model.save_pretrained(temp, safe_serialization=True)
+        reasoner.processor.save_pretrained(temp)
+        if folder.exists():
+            shutil.rmtree(folder)
+        os.replace(temp, folder)
+    finally:
+        if temp.exists():
+            shutil.rmtree(temp)
 
 
 def summary(results: list[dict[str, Any]]) -> dict[str, Any]:

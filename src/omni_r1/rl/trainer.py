@@ -141,6 +141,8 @@ class GRPOTrainer:
         tokenizer = reasoner.processor.tokenizer
         self.eos_id, self.pad_id = int(tokenizer.eos_token_id), int(tokenizer.pad_token_id)
         self.reference = frozen_copy(reasoner.model) if self.train.beta > 0 else None
+        # Under the DeepSpeed launcher every rank walks the same order and takes its slice of each batch.
+        self.rank, self.world = distributed_rank()
         self.data = DataOrder(len(self.items), seed)
         self.segment_cache: SegmentCache = {}
         self.prompts = PromptCache(eos_id=self.eos_id, pad_id=self.pad_id)
@@ -181,16 +183,17 @@ class GRPOTrainer:
         """Run until ``steps`` steps are done in all (a resumed run continues from its step)."""
         while self.step < steps:
             values = self.train_step()
-            if self.step % self.train.save_every == 0 or self.step == steps:
+            if self.rank == 0 and (self.step % self.train.save_every == 0 or self.step == steps):
                 self.save()
-            if log is not None:
+            if log is not None and self.rank == 0:
                 log(self.step, values)
 
     def train_step(self) -> dict[str, float]:
         """One GRPO step; returns the logged values of the step."""
         step = self.step + 1
         timer = PhaseTimer()
-        batch = [self.items[i] for i in self.data.take(self.train.prompts_per_step)]
+        taken = self.data.take(self.train.prompts_per_step * self.world)
+        batch = [self.items[i] for i in taken[self.rank :: self.world]]
         with timer.phase("rollout"):
             groups = [self._rollout(item, step, index) for index, item in enumerate(batch)]
         with timer.phase("system2"):
@@ -209,14 +212,15 @@ class GRPOTrainer:
     # ------------------------------------------------------------------------------------------ phases
 
     def _rollout(self, item: PromptItem, step: int, index: int) -> Group:
-        seed = int(np.random.default_rng([self.seed, step, index]).integers(0, 2**31 - 1))
+        seed = int(np.random.default_rng([self.seed, step, self.rank, index]).integers(0, 2**31 - 1))
         try:
             ids = generate(self.reasoner, self.prompts, item, num=self.train.group_size, do_sample=True, seed=seed,
                            max_new_tokens=self.train.max_new_tokens)
         except FloatingPointError as error:
             raise TrainingDiverged(
                 f"step {step}: sampling on sample {item.key!r} failed ({error}); the last good checkpoint in "
-                f"{self.checkpoint_dir} is intact. Lower train.lr or raise train.max_grad_norm"
+                f"{self.checkpoint_dir} is intact. Train this seed again with a lower train.lr (a resumed run keeps the "
+                "saved optimizer's rate)"
             ) from error
         mask = completion_mask(ids, eos_id=self.eos_id, pad_id=self.pad_id)
         return Group(item=item, completion_ids=ids, mask=mask, rollouts=())
@@ -267,7 +271,8 @@ class GRPOTrainer:
                 if not torch.isfinite(loss):
                     raise TrainingDiverged(
                         f"step {step}: the loss is {float(loss.detach())} on sample {group.item.key!r}; the last good "
-                        f"checkpoint in {self.checkpoint_dir} is intact. Lower train.lr or raise train.max_grad_norm"
+                        f"checkpoint in {self.checkpoint_dir} is intact. Train this seed again with a lower train.lr, or resume "
+                        "with a smaller train.max_grad_norm"
                     )
                 self.engine.backward(loss / len(kept))
                 for name in sums:
@@ -317,6 +322,13 @@ class GRPOTrainer:
             values[f"seconds_{phase}"] = timer.seconds.get(phase, 0.0)
         values["seconds_step"] = sum(timer.seconds.values())
         return values
+
+
+def distributed_rank() -> tuple[int, int]:
+    """(rank, world size) of this process: (0, 1) unless a torch.distributed group is up (DeepSpeed)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
 
 
 def generate(reasoner: GlobalReasoner, prompts: PromptCache, item: PromptItem, *, num: int, do_sample: bool,

@@ -25,10 +25,12 @@ from omni_r1.rl.prompts_data import PromptItem
 from omni_r1.systems.prompts import ANSWER_CLOSE, ANSWER_OPEN, THINK_CLOSE, THINK_OPEN, format_timestamp
 from omni_r1.systems.global_reasoning import GlobalReasoner
 
-ROWS_PER_PROMPT = 4
-MAX_MOMENTS = 2
+ROWS_PER_PROMPT = 8
+MAX_MOMENTS = 1  # one moment keeps answers short (~45 tokens); GRPO may learn to write more
 
 Progress = Callable[[int, int, float], None]  # (step, total, loss)
+# (prompt, rng) -> the target answer text; the warm start's is format_target over random_moments.
+TargetFn = Callable[[PromptItem, np.random.Generator], str]
 
 
 @dataclass(frozen=True)
@@ -61,6 +63,11 @@ def format_target(description: str, moments: Sequence[tuple[float, float]]) -> s
     return f"{THINK_OPEN}{THINK_CLOSE}{ANSWER_OPEN}{objects}{ANSWER_CLOSE}"
 
 
+def random_target(item: PromptItem, rng: np.random.Generator) -> str:
+    """The warm start's target: random moments, the query as the description (no task knowledge)."""
+    return format_target(item.sample.expression, random_moments(item.duration, item.fps, rng))
+
+
 def warm_start(
     reasoner: GlobalReasoner,
     items: Sequence[PromptItem],
@@ -68,8 +75,12 @@ def warm_start(
     *,
     seed: int,
     progress: Progress | None = None,
+    target: TargetFn = random_target,
 ) -> WarmStartResult:
-    """Train ``reasoner.model`` in place on random-moment targets for ``params.steps`` steps (AdamW)."""
+    """Train ``reasoner.model`` in place on ``target`` answers for ``params.steps`` steps (AdamW).
+
+    The default target teaches the format only; the supervised probe passes one built from the truth.
+    """
     if not items:
         raise ValueError("the warm start has no training prompts; check train.split and the shards")
     tokenizer = reasoner.processor.tokenizer
@@ -87,8 +98,8 @@ def warm_start(
         total = 0.0
         for index in chosen:
             item = items[int(index)]
-            rows = [tokenizer(format_target(item.sample.expression, random_moments(item.duration, item.fps, rng)),
-                              add_special_tokens=False)["input_ids"] + [eos_id] for _ in range(ROWS_PER_PROMPT)]
+            rows = [tokenizer(target(item, rng), add_special_tokens=False)["input_ids"] + [eos_id]
+                    for _ in range(ROWS_PER_PROMPT)]
             ids = pad_completions(rows, pad_id=pad_id)
             logp = prompts.logprobs(model, item.key, item.inputs, ids)
             mask = (ids != pad_id).float() if pad_id != eos_id else torch.ones_like(logp)
