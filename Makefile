@@ -45,6 +45,9 @@ test-all: venv
 
 bench: venv
 	$(BIN)/python bench/shard_throughput.py
+	$(BIN)/python bench/metrics_speed.py
+	$(BIN)/python bench/grpo_step.py
+	$(BIN)/python bench/scaleout.py
 
 # Schedules need a real Prefect server (the ephemeral API cannot schedule). Blocks until Ctrl-C;
 # serve the nightly deployment from a second shell with the URL printed here.

@@ -88,3 +88,50 @@ def test_scaleout_bench_prints_ratio_last(prefect_harness: None, tmp_path: Path,
     assert (int(match["videos"]), int(match["frames"])) == (4, 20)  # --small: 4 clips of 2 s at 10 fps
     assert not any(line.startswith("warning:") for line in lines), lines
     assert not list((tmp_path / "cache").glob("*/.scaleout-*")), "the benchmark's scratch folder must be removed"
+
+
+GRPO_UPDATE_LINE = re.compile(
+    r"ratio update/bare = (?P<ratio>[\d.]+) \(shared-prompt path: update (?P<update>[\d.]+) s per kept group, "
+    r"bare (?P<bare>[\d.]+) s per group of (?P<rows>\d+) rows\)"
+)
+GRPO_STEP_LINE = re.compile(
+    r"ratio step/bare = (?P<ratio>[\d.]+) \(step (?P<step>[\d.]+) s, bare (?P<bare>[\d.]+) s for the same "
+    r"(?P<prompts>\d+) x (?P<group>\d+) rows; by CPU time (?P<cpu>[\d.]+)\)"
+)
+GRPO_PHASE_LINE = re.compile(r"  (?P<phase>\w+) +(?P<seconds>[\d.]+) s  .*")
+
+
+@pytest.mark.slow  # builds the tiny thinker, shards 3 tiny clips, trains System 2 for 2 steps: about 15-20 s
+def test_grpo_step_bench_prints_the_split_and_ratios_last(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    import torch
+
+    spec = importlib.util.spec_from_file_location("grpo_step", REPO / "bench" / "grpo_step.py")
+    assert spec is not None and spec.loader is not None
+    bench = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, bench)  # dataclasses look their module up while it runs
+    spec.loader.exec_module(bench)
+    # Synthetic clips and a quick-trained System 2, whatever data/ holds on this machine.
+    argv = ["--small", "--shards", str(tmp_path / "no-shards"), "--features", str(tmp_path / "no-features"),
+            "--cache-dir", str(tmp_path / "cache"), "--set", f"detail.light_checkpoint={tmp_path / 'no-detail'}"]
+    threads = torch.get_num_threads()
+    try:
+        assert bench.main(argv) == 0
+    finally:
+        torch.set_num_threads(threads)  # main sets train.cpu_threads for the process
+    lines = capsys.readouterr().out.strip().splitlines()
+    update, step = GRPO_UPDATE_LINE.fullmatch(lines[-2]), GRPO_STEP_LINE.fullmatch(lines[-1])
+    assert update is not None, lines[-2]
+    assert step is not None, lines[-1]
+    # --small: G=4, 2 prompts per step, equal-reward groups kept, so the update phase ran on both groups.
+    assert (int(update["rows"]), int(step["prompts"]), int(step["group"])) == (4, 2, 4)
+    assert all(float(update[k]) > 0 for k in ("ratio", "update", "bare"))
+    assert all(float(step[k]) > 0 for k in ("ratio", "step", "bare", "cpu"))
+    assert float(step["bare"]) == pytest.approx(2 * float(update["bare"]), abs=2e-3)  # two groups' worth of rows
+    phases = {m["phase"]: float(m["seconds"]) for m in map(GRPO_PHASE_LINE.fullmatch, lines) if m is not None}
+    assert list(phases) == ["rollout", "system2", "reward", "advantage", "update", "step"]
+    assert phases["rollout"] > 0 and phases["update"] > 0 and phases["step"] == float(step["step"])
+    assert any(line.startswith("data: synthetic videos in ") for line in lines), lines
+    assert any(line.startswith("System 2: light backend QUICK-TRAINED for 2 steps") for line in lines), lines
+    assert sum(line.startswith("step ") for line in lines) == 2  # the two timed steps, after one warm-up step
+    assert (tmp_path / "cache").is_dir() and not list(tmp_path.glob("no-*")), "nothing may be written to the fake paths"
