@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 
 from omni_r1.data.shards import read_samples
 from omni_r1.fileio import atomic_write_json
-from omni_r1.systems.light_models import train_light_models
+from omni_r1.systems.light_models import step_counts, train_light_models
 from stages.common import parse, parser
 
 log = logging.getLogger("stages.train_detail")
@@ -29,7 +29,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args, params = parse(p, argv)
     out = args.out or Path(params.detail.light_checkpoint)
     samples = [s for split in ("train", "val") for s in read_samples(args.shards, split)]
-    with tqdm(total=params.detail.light_steps * 2, desc="train_detail", unit="step", dynamic_ncols=True) as bar:
+    total = sum(step_counts(params.detail).values())
+    with tqdm(total=total, desc="train_detail", unit="step", dynamic_ncols=True) as bar:
         def advance(model: str, step: int, total: int, loss: float) -> None:
             bar.set_postfix_str(f"{model} loss {loss:.3f}")
             bar.update(1)

@@ -316,7 +316,8 @@ def test_light_training_saves_and_loads_bit_identically(tmp_path: Path, small_sa
     metrics = lm.train_light_models(small_samples, params, tmp_path / "a", progress=lambda *a: seen.append(a))
     assert [s[:3] for s in seen if s[0] == "grounder"] == [("grounder", i, 3) for i in (1, 2, 3)]
     assert metrics["train_samples"] > 0 and metrics["heldout_samples"] > 0
-    for key in ("grounder_box_iou", "segmenter_mask_iou", "box_as_mask_iou", "e2e_mask_iou_1kf", "e2e_mask_iou_4kf"):
+    for key in ("grounder_box_iou", "grounder_null_reject_rate", "segmenter_mask_iou", "box_as_mask_iou",
+                "e2e_j_oracle_visible", "e2e_j_uniform", "e2e_j_absent", "e2e_j_oracle_visible_1kf"):
         assert key in metrics
     assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["config.json", "grounder.safetensors",
                                                                   "segmenter.safetensors"]
@@ -385,12 +386,13 @@ def test_owners_split_frames_between_nearest_keyframes() -> None:
 
 @pytest.mark.slow
 def test_light_models_learn_on_synthetic_data(tmp_path: Path) -> None:
-    # The configuration measured on 2 CPU cores (about 4.5 minutes): grounder box IoU 0.80, U-Net mask IoU
-    # 0.81 against 0.72 for the box itself, end-to-end mask IoU 0.47 from 1 keyframe and 0.53 from 4.
+    # Uncompressed frames straight from the renderer (the shard-pipeline version, with keyframe
+    # policies, is tests/unit/test_light_models.py). The crop U-Net from a true box must beat the
+    # box itself by a wide margin, and System 2 must find the target from its description.
     samples = synthetic_samples(30, width=256, height=192, frames=12, stride=5, seed=0)
     params = DetailParams(light_size=128, light_steps=300, light_batch=16, seed=0)
     metrics = lm.train_light_models(samples, params, tmp_path / "detail")
-    assert metrics["segmenter_mask_iou"] > 0.75
-    assert metrics["segmenter_mask_iou"] > metrics["box_as_mask_iou"]
-    assert metrics["grounder_box_iou"] > 0.6
-    assert metrics["e2e_mask_iou_4kf"] > 0.35
+    assert metrics["segmenter_mask_iou"] > 0.85
+    assert metrics["segmenter_mask_iou"] > metrics["box_as_mask_iou"] + 0.1
+    assert metrics["grounder_box_iou"] > 0.5
+    assert metrics["e2e_j_oracle_visible"] > metrics["e2e_j_absent"]

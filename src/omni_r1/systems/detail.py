@@ -8,11 +8,12 @@
   Propagation runs forward from the keyframes (as the paper does) and then in reverse from the
   latest first keyframe, so that frames before an object's keyframe get masks too: each object
   takes the forward pass's masks from its keyframe on and the reverse pass's masks before it.
-- ``light`` (the CPU demo): the small grounder and box U-Net of ``light_models``. Each box is
+- ``light`` (the CPU demo): the small grounder and crop U-Net of ``light_models``. Each box is
   segmented on its keyframe and tracked outward over the frames for which its keyframe is the
-  nearest one (ties go to the earlier keyframe): the previous frame's mask box, grown by a margin,
-  prompts the U-Net on the next frame. Frames owned by no keyframe do not exist: every frame has a
-  nearest keyframe.
+  nearest one (ties go to the earlier keyframe): the U-Net searches each next frame around the
+  previous frame's mask box, given the mean colour of the keyframe's mask as its reference, and
+  answers an empty mask where the object is gone. Frames owned by no keyframe do not exist: every
+  frame has a nearest keyframe.
 
 Either way each box is one object, ``masks`` is the union of the objects, and a keyframe where the
 grounder finds nothing contributes no object. ``segment_batch`` serves one GRPO group (one video,
@@ -182,7 +183,7 @@ def _result(object_masks: np.ndarray, boxes: dict[int, list[Box]], timings: dict
 
 
 class ModelBoxGrounder:
-    """The light grounder as a ``Grounder``: heatmap blobs of the described object, as boxes in frame pixels."""
+    """The light grounder as a ``Grounder``: heatmap blobs of the described object refined by the segmenter."""
 
     def __init__(self, models: lm.LightModels, max_objects: int) -> None:
         self.models = models
@@ -190,8 +191,8 @@ class ModelBoxGrounder:
 
     def ground(self, frame: np.ndarray, description: str) -> list[Box]:
         image = lm.resize_frames(frame[None], self.models.size)[0]
-        h, w = frame.shape[:2]
-        return [lm.to_box(b, self.models.size, w, h) for b in self.models.ground(image, description, self.max_objects)]
+        boxes = self.models.locate(image, lm.frames_tensor(frame[None])[0], description, self.max_objects)
+        return [Box(*b) for b in boxes]
 
 
 class LightSegmenter:
@@ -208,7 +209,7 @@ class LightSegmenter:
     def segment_batch(self, frames: np.ndarray, prompt_sets: Sequence[Sequence[KeyframePrompt]]) -> list[SegmentResult]:
         _check_inputs(frames, prompt_sets)
         boxes_per_set, ground_seconds = _ground_sets(self.grounder, frames, prompt_sets, self.max_objects)
-        images = lm.resize_frames(frames, self.models.size)  # per video, shared by the group
+        images = lm.frames_tensor(frames)  # per video, shared by the group
         tracks: dict[tuple[Any, ...], tuple[np.ndarray, float, float]] = {}
         results = []
         for boxes, seconds in zip(boxes_per_set, ground_seconds):
@@ -219,7 +220,7 @@ class LightSegmenter:
                 lo, hi = owners[frame]
                 key = (frame, box.x1, box.y1, box.x2, box.y2, lo, hi)
                 if key not in tracks:  # identical answers in a group share their tracks
-                    tracks[key] = self._track(images, frames.shape[1:3], frame, box, lo, hi)
+                    tracks[key] = self._track(images, frame, box, lo, hi)
                 masks, seg_s, prop_s = tracks[key]
                 timings["segment"] += seg_s
                 timings["propagate"] += prop_s
@@ -228,28 +229,30 @@ class LightSegmenter:
             results.append(_result(object_masks, boxes, timings))
         return results
 
-    def _track(self, images: torch.Tensor, hw: tuple[int, int], frame: int, box: Box, lo: int, hi: int,
-               ) -> tuple[np.ndarray, float, float]:
-        """Masks (T, H, W) of one box: segmented on ``frame``, tracked outward over ``lo..hi``, empty elsewhere."""
-        h, w = hw
-        size = self.models.size
-        out = np.zeros((images.shape[0], h, w), dtype=bool)
+    def _track(self, images: torch.Tensor, frame: int, box: Box, lo: int, hi: int) -> tuple[np.ndarray, float, float]:
+        """Masks (T, H, W) of one box: segmented on ``frame``, tracked outward over ``lo..hi``, empty elsewhere.
+
+        The keyframe's mask gives the object's colour, the reference of every tracked frame; each
+        frame is searched around the last mask's box (wider for every frame the object stays lost).
+        """
+        models = self.models
+        out = np.zeros((images.shape[0], *images.shape[-2:]), dtype=bool)
         started = time.perf_counter()
-        prompt = lm.from_box(box, size, w, h)
-        logits = self.models.segment(images[frame][None], [prompt])
-        out[frame] = lm.upsample_masks(logits, h, w)[0]
-        start_box = lm.mask_box((logits[0] > 0).numpy()) or prompt
+        prompt = (box.x1, box.y1, box.x2, box.y2)
+        out[frame] = (models.segment(images[frame][None], [prompt], [None], lm.KEY_MARGIN)[0] > 0).numpy()
+        reference = lm.mean_colour(images[frame], out[frame])
+        start_box = lm.mask_box(out[frame]) or prompt
         seg_s = time.perf_counter() - started
         started = time.perf_counter()
         for step in (1, -1):
-            last = start_box
+            last, lost = start_box, 0
             t = frame + step
             while lo <= t <= hi:
-                logits = self.models.segment(images[t][None], [lm.grow_box(last, size)])
-                found = lm.mask_box((logits[0] > 0).numpy())
-                # A lost object keeps its last box: it may be occluded or out of frame for a while.
-                last = found or last
-                out[t] = lm.upsample_masks(logits, h, w)[0] if found else False
+                margin = lm.TRACK_MARGIN * min(1 + lost, lm.MAX_SEARCH_GROWTH)
+                out[t] = (models.segment(images[t][None], [last], [reference], margin)[0] > 0).numpy()
+                found = lm.mask_box(out[t])
+                # A lost object keeps its last box: it may be hidden or out of frame for a while.
+                last, lost = (found, 0) if found else (last, lost + 1)
                 t += step
         return out, seg_s, time.perf_counter() - started
 
