@@ -33,7 +33,7 @@ class SynthParams:
 
     format: Literal["video", "refavs", "revos"] = "video"
     out: str = "data/raw/synthetic"
-    videos: int = 12
+    videos: int = 20
     seed: int = 0
     width: int = 256
     height: int = 192
@@ -134,11 +134,13 @@ class FeaturesParams:
 class GlobalReasoningParams:
     """System 1: the Qwen2.5-Omni thinker that picks keyframes and rewrites the task."""
 
-    checkpoint: str = "builtin:tiny"  # builtin:tiny (random weights from config, tests/demo) or a local checkpoint folder
+    # The policy predict runs: the train stage's export (demo), builtin:tiny (random weights from config, tests)
+    # or a local Qwen2.5-Omni / Omni-R1 thinker checkpoint folder.
+    checkpoint: str = "data/models/policy/final"
     freeze_vision: bool = True
     freeze_audio: bool = True
     max_new_tokens: int = 96
-    temperature: float = 1.0
+    temperature: float = 0.7  # Omni-R1: 1.0; the demo's tiny policy samples at 0.7 (params.yaml says why)
     top_p: float = 0.95
     max_keyframes: int = 4  # at most this many distinct frames are grounded (Omni-R1: 4)
     device: str = "cpu"
@@ -166,8 +168,8 @@ class DetailParams:
     sam2_image_size: int = 1024
     # light backend (CPU demo): a small grounder and a box-prompted U-Net trained on the synthetic data.
     light_checkpoint: str = "data/models/detail"
-    light_size: int = 128
-    light_steps: int = 200
+    light_size: int = 96
+    light_steps: int = 300
     light_batch: int = 16
     light_lr: float = 0.003
     seed: int = 0
@@ -232,9 +234,9 @@ class DeepSpeedParams:
 class WarmStartParams:
     """A short supervised warm start that teaches only the answer format (random moments, copied query)."""
 
-    steps: int = 60
+    steps: int = 200
     batch: int = 16
-    lr: float = 0.002
+    lr: float = 0.003
 
 
 @dataclass(frozen=True)
@@ -244,8 +246,8 @@ class TrainParams:
     # The starting policy: builtin:tiny (random tiny thinker, demo/tests) or a local Qwen2.5-Omni thinker folder.
     # global_reasoning.checkpoint names the policy the predict stage runs (the demo: this stage's export).
     init_checkpoint: str = "builtin:tiny"
-    steps: int = 200
-    prompts_per_step: int = 4
+    steps: int = 150
+    prompts_per_step: int = 2
     group_size: int = 8  # G
     lr: float = 0.001  # paper: 1e-6 on the 7B model
     weight_decay: float = 0.01
@@ -259,7 +261,7 @@ class TrainParams:
     loss_norm: Literal["token", "sequence"] = "sequence"  # paper: mean over completion tokens, then over the batch
     scale_std: bool = True  # divide advantages by the group's std (+1e-4)
     drop_equal_groups: bool = True
-    max_new_tokens: int = 64
+    max_new_tokens: int = 56
     split: Literal["train", "val", "test"] = "train"
     eval_split: Literal["train", "val", "test"] = "val"  # held-out prompts for the before/after report
     seeds: tuple[int, ...] = (0, 1)  # one run per seed (warm start + GRPO); the first seed's policy is exported
@@ -267,7 +269,7 @@ class TrainParams:
     keep_last: int = 2
     resume: bool = False
     cpu_threads: int = 1  # torch threads on CPU: the tiny thinker runs fastest single-threaded (measured 8x)
-    seed_workers: int = 1  # seeds trained side by side in worker processes (CPU demo: one per core)
+    seed_workers: int = 2  # seeds trained side by side in worker processes (CPU demo: one per core)
     out: str = "data/models/policy"
     warm_start: WarmStartParams = WarmStartParams()
     deepspeed: DeepSpeedParams = DeepSpeedParams()

@@ -40,8 +40,8 @@ def test_declared_params_exist() -> None:
         for param in stage.get("params", []):
             _lookup(param)
         for dep in stage.get("deps", []):
-            if "${" in dep:
-                _lookup(dep.strip("${}"))
+            for dotted in re.findall(r"\$\{([^}]+)\}", dep):
+                _lookup(dotted)
 
 
 def test_declared_code_deps_exist() -> None:
@@ -60,7 +60,8 @@ def test_stage_imports_are_declared_as_deps() -> None:
         for module in re.findall(r"^from (omni_r1\.[\w.]+|flows\.\w+) import", source, flags=re.M):
             path = module.replace(".", "/")
             candidates = {f"src/{path}.py", f"src/{path}", f"{path}.py"}
-            assert candidates & deps or any(d.startswith(f"src/{path}") for d in deps), (
+            inside_dep = any(f"src/{path}".startswith(d.rstrip("/") + "/") for d in deps)  # a package folder dep
+            assert candidates & deps or inside_dep or any(d.startswith(f"src/{path}") for d in deps), (
                 f"stages/{name}.py imports {module}, which dvc.yaml does not list as a dep of {name}"
             )
 

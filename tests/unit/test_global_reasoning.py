@@ -20,6 +20,7 @@ from omni_r1.data.features import FeatureRecord, compute_features
 from omni_r1.models.processor import TINY_TOKENIZER, build_processor
 from omni_r1.systems.answer import AnswerParseError, MissingTags
 from omni_r1.systems.global_reasoning import (
+    TINY_CHECKPOINT,
     GlobalReasoner,
     build_tiny_thinker,
     freeze_towers,
@@ -40,7 +41,7 @@ def processor(tmp_path_factory: pytest.TempPathFactory):
 
 @pytest.fixture(scope="module")
 def params() -> GlobalReasoningParams:
-    return GlobalReasoningParams(max_new_tokens=8, seed=0)
+    return GlobalReasoningParams(checkpoint=TINY_CHECKPOINT, max_new_tokens=8, seed=0)
 
 
 @pytest.fixture(scope="module")
@@ -291,7 +292,7 @@ def test_a_checkpoint_with_missing_or_extra_weights_is_refused(processor, reason
 
 
 def test_load_thinker_sets_dtype_and_device(processor) -> None:
-    model = load_thinker(GlobalReasoningParams(dtype="bfloat16", device="cpu", seed=5), processor)
+    model = load_thinker(GlobalReasoningParams(checkpoint=TINY_CHECKPOINT, dtype="bfloat16", device="cpu", seed=5), processor)
     assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
     assert {p.device.type for p in model.parameters()} == {"cpu"}
     assert torch.equal(model.lm_head.weight, build_tiny_thinker(processor, seed=5).lm_head.weight.to(torch.bfloat16))

@@ -66,9 +66,11 @@ def test_supervised_probe_the_thinker_can_learn_which_frames_hold_the_target(dem
     warm_start(reasoner, train, dataclasses.replace(params.train.warm_start, steps=300, batch=32), seed=0,
                target=oracle_target)
     chance = chance_rate(heldout)
-    hit_train = keyframe_hit_rate(reasoner, train, max_new_tokens=56)
-    hit_heldout = keyframe_hit_rate(reasoner, heldout, max_new_tokens=56)
-    assert hit_train > chance_rate(train) + 0.05, (hit_train, chance_rate(train))
+    hit_train, parsed_train = keyframe_hit_rate(reasoner, train, max_new_tokens=56)
+    hit_heldout, parsed_heldout = keyframe_hit_rate(reasoner, heldout, max_new_tokens=56)
+    # Measured on the demo's clips (2026-11-26): train 0.85 vs chance 0.70, held-out 0.92 vs 0.76, ~70% parsed.
+    assert parsed_train >= 0.5 and parsed_heldout >= 0.5, (parsed_train, parsed_heldout)
+    assert hit_train > chance_rate(train) + 0.08, (hit_train, chance_rate(train))
     assert hit_heldout > chance, (hit_heldout, chance)
 
 

@@ -31,16 +31,23 @@ def visible_frames(item: PromptItem) -> np.ndarray:
 
 
 def oracle_target(item: PromptItem, rng: np.random.Generator) -> str:
-    """One moment of 1-3 frames inside a visible run of the target (random moment for a null expression)."""
+    """The middle frame of the target's longest visible run, as a one-frame moment (random for a null).
+
+    Deterministic per prompt, so the supervision says exactly one thing: where the target is.
+    """
     visible = visible_frames(item)
-    frames = np.flatnonzero(visible)
-    if len(frames) == 0:
+    if not visible.any():
         return format_target(item.sample.expression, random_moments(item.duration, item.fps, rng))
-    first = int(rng.choice(frames))
-    last = first
-    while last + 1 < len(visible) and visible[last + 1] and last - first < 2 and rng.random() < 0.6:
-        last += 1
-    return format_target(item.sample.expression, [(first / item.fps, last / item.fps)])
+    best, start = (0, 0), None
+    for t, shown in enumerate([*visible, False]):
+        if shown and start is None:
+            start = t
+        elif not shown and start is not None:
+            best = max(best, (t - start, -start))
+            start = None
+    length, first = best[0], -best[1]
+    middle = first + (length - 1) // 2
+    return format_target(item.sample.expression, [(middle / item.fps, middle / item.fps)])
 
 
 def chance_rate(items: Sequence[PromptItem]) -> float:
@@ -49,20 +56,24 @@ def chance_rate(items: Sequence[PromptItem]) -> float:
     return float(np.mean(rates)) if rates else 0.0
 
 
-def keyframe_hit_rate(reasoner: GlobalReasoner, items: Sequence[PromptItem], *, max_new_tokens: int) -> float:
-    """Fraction of greedy keyframes on visible-target frames, over prompts with a target; misses for failures."""
+def keyframe_hit_rate(reasoner: GlobalReasoner, items: Sequence[PromptItem], *,
+                      max_new_tokens: int) -> tuple[float, float]:
+    """(hit rate, parse rate) of greedy answers over prompts with a target.
+
+    The hit rate is the fraction of a parsed answer's keyframes on frames where the target is visible,
+    averaged over parsed answers; the parse rate says how many answers that average covers.
+    """
     tokenizer = reasoner.processor.tokenizer
     prompts = PromptCache(eos_id=int(tokenizer.eos_token_id), pad_id=int(tokenizer.pad_token_id))
-    rates = []
+    rates, asked = [], 0
     for item in items:
         visible = visible_frames(item)
         if not visible.any():
             continue
+        asked += 1
         ids = generate(reasoner, prompts, item, num=1, do_sample=False, seed=0, max_new_tokens=max_new_tokens)
         parsed = try_parse(reasoner.decode(ids)[0], task=item.task, duration=item.duration,
                            num_frames=len(visible), fps=item.fps, max_keyframes=reasoner.params.max_keyframes)
-        if not isinstance(parsed, KeyframeSelection) or not parsed.keyframes:
-            rates.append(0.0)
-            continue
-        rates.append(float(np.mean([visible[min(k.frame, len(visible) - 1)] for k in parsed.keyframes])))
-    return float(np.mean(rates)) if rates else 0.0
+        if isinstance(parsed, KeyframeSelection) and parsed.keyframes:
+            rates.append(float(np.mean([visible[min(k.frame, len(visible) - 1)] for k in parsed.keyframes])))
+    return (float(np.mean(rates)) if rates else 0.0), (len(rates) / asked if asked else 0.0)
