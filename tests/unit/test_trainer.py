@@ -312,3 +312,14 @@ def test_rollouts_reuse_system2_results_across_a_run(items) -> None:
                              task="revos", num_frames=len(item.sample.frame_indices), fps=item.fps,
                              duration=item.duration, completion_lengths=[30, 30, 3])
     assert rewards[0].total == rewards[1].total and rewards[2].failure is not None
+
+
+def test_several_updates_per_batch_clip_against_the_sampling_policy(params, items, tmp_path) -> None:
+    several = dataclasses.replace(params, train=dataclasses.replace(params.train, updates_per_batch=3, lr=0.05))
+    trainer = _trainer(several, items, tmp_path)
+    values = trainer.train_step()
+    # the log holds the last of the 3 updates: by then the policy has moved away from the one that sampled,
+    # so some ratios left the clip range (with one update per batch the ratio is 1 and nothing clips)
+    assert values["clip_fraction"] > 0.0
+    single = _trainer(params, items, tmp_path / "single").train_step()
+    assert single["clip_fraction"] == 0.0

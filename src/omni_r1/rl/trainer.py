@@ -255,13 +255,14 @@ class GRPOTrainer:
         if not kept:
             return stats  # every group was uninformative: no gradient this step (counted in dropped_groups)
         model = self.engine.model
-        for update in range(self.train.updates_per_batch):
+        sampling = self._sampling_logp(groups, kept)
+        for _ in range(self.train.updates_per_batch):
             model.train()
             sums = {"loss": 0.0, "kl": 0.0, "clip_fraction": 0.0}
             for i in kept:
                 group = groups[i]
                 logp = self.prompts.logprobs(model, group.item.key, group.item.inputs, group.completion_ids)
-                old_logp = self._old_logp(group, logp, update)
+                old_logp = sampling[i] if sampling else logp.detach()
                 ref_logp = self._reference_logp(group)
                 loss, values = policy_loss(
                     logp, old_logp, advantages[i].to(logp.device), group.mask.to(logp.device),
@@ -282,15 +283,14 @@ class GRPOTrainer:
         model.eval()
         return stats
 
-    def _old_logp(self, group: Group, logp: torch.Tensor, update: int) -> torch.Tensor:
-        """The sampling policy's log-probs: with one update per batch they equal the current ones."""
+    def _sampling_logp(self, groups: list[Group], kept: list[int]) -> dict[int, torch.Tensor]:
+        """The sampling policy's log-probs, fixed before the first update (needed only with several updates;
+        with one update per batch they equal the current ones, so the ratio is 1 in value)."""
         if self.train.updates_per_batch == 1:
-            return logp.detach()
-        key = id(group)
-        if update == 0:
-            self._old = getattr(self, "_old", {})
-            self._old[key] = logp.detach()
-        return self._old[key]
+            return {}
+        with torch.no_grad():
+            return {i: self.prompts.logprobs(self.engine.model, groups[i].item.key, groups[i].item.inputs,
+                                             groups[i].completion_ids) for i in kept}
 
     def _reference_logp(self, group: Group) -> torch.Tensor | None:
         if self.reference is None:
