@@ -46,8 +46,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     i.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
     f = sub.add_parser("pipeline", help="run dvc.yaml stage by stage as a Prefect flow")
-    f.add_argument("--stage", action="append", dest="stages")
+    f.add_argument("--stage", action="append", dest="stages", help="run only these stages (repeatable)")
     f.add_argument("--repo", default=".")
+    f.add_argument("--set", dest="overrides", action="append", metavar="KEY=VALUE",
+                   help="override a param for this run (dvc exp run -S; repeatable)")
+    f.add_argument("--data-version", help="refuse to run unless the data matches this pinned version")
 
     sc = sub.add_parser("score", help="score predictions in an official benchmark layout, like the official tools")
     bench = sc.add_subparsers(dest="benchmark", required=True)
@@ -153,7 +156,11 @@ def _table(summary: dict[str, Any]) -> str:
 def _pipeline(args: argparse.Namespace) -> int:
     from flows import pipeline
 
-    return pipeline.main(["--repo", args.repo, *[a for s in (args.stages or []) for a in ("--stage", s)]])
+    argv = ["--repo", args.repo, *[a for s in (args.stages or []) for a in ("--stage", s)],
+            *[a for o in (args.overrides or []) for a in ("--set", o)]]
+    if args.data_version:
+        argv += ["--data-version", args.data_version]
+    return pipeline.main(argv)
 
 
 def _add_version_commands(sub: Any) -> None:
