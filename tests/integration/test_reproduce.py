@@ -76,14 +76,9 @@ def test_reproduce_revos_on_a_pinned_synthetic_version(tmp_path: Path, prefect_h
 
     repo = make_project(tmp_path, tmp_path / "remote")
     os.environ["PREFECT_API_URL"] = str(PREFECT_API_URL.value())  # stages reuse the session's Prefect API
-    _sh(repo, str(BIN / "dvc"), "repro", "features")
-    # predict depends on the train stage's export; this test evaluates builtin:tiny, so an untrained export
-    # stands in for the trained policy instead of running GRPO here.
-    from omni_r1.config import load_params
-    from omni_r1.rl.run import build_reasoner, export_policy
-
-    params = load_params(repo / "params.yaml")
-    export_policy(build_reasoner(params, 0), repo / params.train.out / "final")
+    # predict depends on the train stage's export, so the small project trains first (1 warm-start step,
+    # 1 GRPO step); the reproduction below then evaluates builtin:tiny on the pinned data.
+    _sh(repo, str(BIN / "dvc"), "repro", "train")
     common = ["--repo", str(repo), "--dvc", str(BIN / "dvc")]
     assert main(["data", "pin", "v1", *common]) == 0
     reproduce = ["reproduce", "--table", "revos", "--data-version", "v1", "--checkpoint", "builtin:tiny", *common]

@@ -24,6 +24,8 @@ SMALL = {
     "data": {"low_res": 64, "high_res": 96, "max_frames": 6},
     "detail": {"light_steps": 2, "light_batch": 4, "light_size": 32},
     "global_reasoning": {"max_new_tokens": 8},
+    "train": {"steps": 1, "prompts_per_step": 1, "group_size": 2, "max_new_tokens": 8, "seeds": [0],
+              "seed_workers": 1, "save_every": 1, "warm_start": {"steps": 1, "batch": 8, "lr": 0.003}},
 }
 SHARDS_MD5 = "ab" + "0" * 30 + ".dir"  # the fake dvc.lock's hash of data/shards
 
