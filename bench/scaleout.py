@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
 import shutil
 import statistics
 import sys
@@ -45,40 +44,9 @@ from omni_r1.config import IngestParams  # noqa: E402
 from omni_r1.data.pipeline import ResumableShardRun, decode_to_work, ingest, rows_from_frame  # noqa: E402
 from omni_r1.data.shards import SamplingPlan, group_by_video  # noqa: E402
 from omni_r1.types import ManifestRow  # noqa: E402
+from flows.fanout import shared_api_for_subprocesses  # noqa: E402
 
 WORKER_COUNTS = (1, 2)
-
-
-@contextlib.contextmanager
-def prefect_api_for_workers() -> Iterator[None]:
-    """The Prefect API URL in the environment before the clusters spawn their workers, who inherit it.
-
-    An API already configured (a test harness, ``PREFECT_API_URL``) is exported; otherwise one
-    ephemeral server is started for the whole benchmark.
-    """
-    from prefect.settings import PREFECT_API_URL, temporary_settings
-
-    configured = os.environ.get("PREFECT_API_URL") or PREFECT_API_URL.value()
-    if configured:
-        previous = os.environ.get("PREFECT_API_URL")
-        os.environ["PREFECT_API_URL"] = str(configured)
-        try:
-            yield
-        finally:
-            if previous is None:
-                os.environ.pop("PREFECT_API_URL", None)
-        return
-    from prefect.server.api.server import SubprocessASGIServer
-
-    server = SubprocessASGIServer()
-    server.start()
-    os.environ["PREFECT_API_URL"] = server.api_url
-    try:
-        with temporary_settings({PREFECT_API_URL: server.api_url}):
-            yield
-    finally:
-        os.environ.pop("PREFECT_API_URL", None)
-        server.stop()
 
 
 @contextlib.contextmanager
@@ -162,7 +130,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     scratch = Path(tempfile.mkdtemp(prefix=".scaleout-", dir=bench.root.parent))
     timings: dict[int, list[base.Timing]] = {count: [] for count in WORKER_COUNTS}
     try:
-        with prefect_api_for_workers(), local_clusters(WORKER_COUNTS) as clusters:
+        with shared_api_for_subprocesses("dask"), local_clusters(WORKER_COUNTS) as clusters:
             for count, cluster in clusters.items():
                 warm = time_stage(groups, bench.root, plan, scratch, cluster.scheduler_address, count)
                 print(f"warm-up on {count} worker(s): {warm.fps:.0f} frames/s ({warm.seconds:.2f} s)")

@@ -49,7 +49,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -69,6 +69,7 @@ from omni_r1.data.pipeline import ShardSink, ingest, rows_from_frame, shard_vide
 from omni_r1.data.shards import SamplingPlan, group_by_video  # noqa: E402
 from omni_r1.data.video import probe  # noqa: E402
 from omni_r1.types import ManifestRow  # noqa: E402
+from flows.fanout import shared_api_for_subprocesses  # noqa: E402
 
 DEFAULT_CACHE = Path(tempfile.gettempdir()) / "omni-r1-bench"
 VIDEOS_PER_SHARD = 64  # params.yaml's shard.videos_per_shard
@@ -227,28 +228,6 @@ def time_stage(groups: list[list[ManifestRow]], root: Path, plan: SamplingPlan, 
     return Timing(tally.frames_decoded, seconds, cpu)
 
 
-@contextlib.contextmanager
-def prefect_api(task_runner: str) -> Iterator[None]:
-    """For the process runner, one API server for the whole benchmark (the stage starts one per run)."""
-    from prefect.settings import PREFECT_API_URL
-
-    if task_runner != "process" or PREFECT_API_URL.value() or os.environ.get("PREFECT_API_URL"):
-        yield
-        return
-    from prefect.server.api.server import SubprocessASGIServer
-    from prefect.settings import temporary_settings
-
-    server = SubprocessASGIServer()
-    server.start()
-    os.environ["PREFECT_API_URL"] = server.api_url  # inherited by the spawned workers
-    try:
-        with temporary_settings({PREFECT_API_URL: server.api_url}):
-            yield
-    finally:
-        os.environ.pop("PREFECT_API_URL", None)
-        server.stop()
-
-
 # ----------------------------------------------------------------------------------------------- main
 
 
@@ -295,7 +274,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"ingest (probing, not in the figures): {time.perf_counter() - start:.2f} s for {len(groups)} videos")
 
     out_dir = bench.root.parent / f".shards-{os.getpid()}"
-    with prefect_api(args.task_runner):
+    with shared_api_for_subprocesses(args.task_runner):
         cold = time_stage(groups, bench.root, plan, out_dir, args.task_runner, args.workers)
         print(f"shard cold (first run in the process, with Prefect start-up): {cold.fps:.0f} frames/s "
               f"({cold.frames} frames in {cold.seconds:.2f} s)")

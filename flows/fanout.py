@@ -101,7 +101,7 @@ def _spawns_local_workers(kind: str, address: str) -> bool:
 
 
 @contextlib.contextmanager
-def _shared_api_for_subprocesses(kind: str, address: str = ""):  # type: ignore[no-untyped-def]
+def shared_api_for_subprocesses(kind: str, address: str = ""):  # type: ignore[no-untyped-def]
     """For local worker processes without a configured API, start one ephemeral server they can reach.
 
     An API already configured in this process's settings (a test harness, a profile) but not in its
@@ -192,6 +192,6 @@ def map_chunks(
     from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
 
     no_heartbeat = temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None})
-    with _shared_api_for_subprocesses(task_runner, address), no_heartbeat:
+    with shared_api_for_subprocesses(task_runner, address), no_heartbeat:
         return fanout()
 
