@@ -60,11 +60,10 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import torch  # noqa: E402
 
 from omni_r1.config import Params, load_params  # noqa: E402
-from omni_r1.data.features import FeatureRecord, compute_features  # noqa: E402
 from omni_r1.data.shards import load_manifest, read_samples  # noqa: E402
 from omni_r1.rl.engine import build_engine  # noqa: E402
 from omni_r1.rl.policy import group_inputs  # noqa: E402
-from omni_r1.rl.prompts_data import PromptItem, build_item, load_prompt_items  # noqa: E402
+from omni_r1.rl.prompts_data import PromptItem, item_in_memory, load_prompt_items  # noqa: E402
 from omni_r1.rl.run import build_reasoner  # noqa: E402
 from omni_r1.rl.trainer import PHASES, GRPOTrainer, check_train_params, generate  # noqa: E402
 from omni_r1.rl.warm_start import warm_start  # noqa: E402
@@ -116,7 +115,7 @@ def load_data(params: Params, reasoner: GlobalReasoner, shards: Path, features: 
     root = synthetic_shards(params, cache_dir, small)
     samples = [s for split in ("train", "val") for s in read_samples(root / "shards", split)]
     train = [sample for sample in samples if sample.split == params.train.split]
-    items = [_item(sample, reasoner, index) for index, sample in enumerate(train)]
+    items = [item_in_memory(sample, reasoner, seed=index) for index, sample in enumerate(train)]
     reason = f"no shard/feature manifests under {shards} and {features}"
     return BenchData(items, samples, f"synthetic videos in {root} ({reason}; run the pipeline for the demo data)",
                      root.name)
@@ -124,9 +123,8 @@ def load_data(params: Params, reasoner: GlobalReasoner, shards: Path, features: 
 
 def synthetic_shards(params: Params, cache_dir: Path, small: bool) -> Path:
     """Generate, ingest and shard a few synthetic videos once; later runs reuse the folder."""
-    from omni_r1.config import IngestParams
-    from omni_r1.data.pipeline import ingest, rows_from_frame, sampling_plan, shard_video
-    from omni_r1.data.shards import SamplingPlan, ShardSetWriter, group_by_video
+    from omni_r1.data.pipeline import sampling_plan, shard_in_process
+    from omni_r1.data.shards import SamplingPlan
     from omni_r1.data.synthetic import SynthSpec, generate
 
     if small:
@@ -140,24 +138,10 @@ def synthetic_shards(params: Params, cache_dir: Path, small: bool) -> Path:
     if (root / "shards" / "manifest.json").is_file():
         return root
     generate(root / "raw", "video", spec)
-    frame, _ = ingest("video", root / "raw", IngestParams())
-    writer = ShardSetWriter(root / "shards", videos_per_shard=64)
-    for rows in group_by_video(rows_from_frame(frame)):
-        outcome = shard_video(rows, root / "raw", plan)
-        if outcome.record is None:
-            raise RuntimeError(f"synthetic video {rows[0].video_id} was quarantined: {outcome.quarantine}")
-        writer.write(outcome.record)
-    writer.close()  # the manifest comes last: a half-written folder is never reused
+    quarantined = shard_in_process("video", root / "raw", root / "shards", plan)
+    if quarantined:
+        raise RuntimeError(f"synthetic videos were quarantined: {quarantined}")
     return root
-
-
-def _item(sample: Sample, reasoner: GlobalReasoner, index: int) -> PromptItem:
-    """A prompt with its features computed in memory (the features stage's function)."""
-    fps = float(sample.meta.get("sample_fps", 2.0))
-    features = compute_features(reasoner.processor, sample.low_res, sample.audio, sample_fps=fps)
-    record = FeatureRecord(key=sample.key.split("/")[0], video_id=sample.meta["video_id"], split=sample.split,
-                           **features)
-    return build_item(sample, record, reasoner, seed=index)
 
 
 def _digest(value: object) -> str:

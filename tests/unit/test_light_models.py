@@ -167,21 +167,14 @@ def test_truth_description_reads_colour_and_shape() -> None:
 
 def _demo_like_shards(root: Path, videos: int) -> Path:
     """Synthetic mp4s of the demo's size through ingest and the shard pipeline (12 frames at 2 fps)."""
-    from omni_r1.config import IngestParams
-    from omni_r1.data.pipeline import ingest, rows_from_frame, shard_video
-    from omni_r1.data.shards import SamplingPlan, ShardSetWriter, group_by_video
+    from omni_r1.data.pipeline import shard_in_process
+    from omni_r1.data.shards import SamplingPlan
     from omni_r1.data.synthetic import SynthSpec, generate
 
     data = root / "synthetic"
     generate(data, "video", SynthSpec(videos=videos, seed=3, width=256, height=192, fps=10, seconds=6.0))
-    frame, _ = ingest("video", data, IngestParams())
     plan = SamplingPlan(fps=2.0, max_frames=12, low_res=64, high_res=256)
-    writer = ShardSetWriter(root / "shards", videos_per_shard=4)
-    for rows in group_by_video(rows_from_frame(frame)):
-        outcome = shard_video(rows, data, plan)
-        assert outcome.record is not None, outcome.quarantine
-        writer.write(outcome.record)
-    writer.close()
+    assert shard_in_process("video", data, root / "shards", plan, videos_per_shard=4) == []
     return root / "shards"
 
 

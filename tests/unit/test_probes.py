@@ -16,15 +16,14 @@ import numpy as np
 import pytest
 import torch
 
-from omni_r1.config import IngestParams, load_params
-from omni_r1.data.features import FeatureRecord, compute_features
-from omni_r1.data.pipeline import ingest, rows_from_frame, shard_video
-from omni_r1.data.shards import SamplingPlan, ShardSetWriter, group_by_video, read_samples
+from omni_r1.config import load_params
+from omni_r1.data.pipeline import shard_in_process
+from omni_r1.data.shards import SamplingPlan, read_samples
 from omni_r1.data.synthetic import SynthSpec, generate
 from omni_r1.rl.engine import build_engine
 from omni_r1.rl.heldout import evaluate_policy
 from omni_r1.rl.probes import chance_rate, keyframe_hit_rate, oracle_target
-from omni_r1.rl.prompts_data import build_item
+from omni_r1.rl.prompts_data import item_in_memory
 from omni_r1.rl.run import build_reasoner
 from omni_r1.rl.trainer import GRPOTrainer
 from omni_r1.rl.warm_start import warm_start
@@ -40,23 +39,13 @@ def demo_items(tmp_path_factory: pytest.TempPathFactory):
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("probe-data")
     generate(root / "raw", "video", SynthSpec(videos=15, seed=11, width=256, height=192, fps=10, seconds=6.0))
-    frame, _ = ingest("video", root / "raw", IngestParams())
-    writer = ShardSetWriter(root / "shards", videos_per_shard=8)
-    for rows in group_by_video(rows_from_frame(frame)):
-        outcome = shard_video(rows, root / "raw", SamplingPlan(fps=2.0, max_frames=12, low_res=112, high_res=128))
-        writer.write(outcome.record)
-    writer.close()
+    plan = SamplingPlan(fps=2.0, max_frames=12, low_res=112, high_res=128)
+    assert shard_in_process("video", root / "raw", root / "shards", plan, videos_per_shard=8) == []
     params = load_params(REPO / "params.yaml", ["train.seeds=[0]", "global_reasoning.temperature=0.7"])
     reasoner = build_reasoner(params, 0)
-    out = {}
-    for split in ("train", "val", "test"):
-        items = []
-        for sample in read_samples(root / "shards", split):
-            features = compute_features(reasoner.processor, sample.low_res, sample.audio, sample_fps=2.0)
-            record = FeatureRecord(key=sample.key.split("/")[0], video_id=sample.meta["video_id"], split=split,
-                                   **features)
-            items.append(build_item(sample, record, reasoner, seed=len(items)))
-        out[split] = items
+    out = {split: [item_in_memory(sample, reasoner, seed=index)
+                   for index, sample in enumerate(read_samples(root / "shards", split))]
+           for split in ("train", "val", "test")}
     return params, out["train"], out["val"] + out["test"]
 
 

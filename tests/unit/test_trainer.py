@@ -18,7 +18,8 @@ import pytest
 import torch
 
 from omni_r1.config import Params, load_params
-from omni_r1.data.shards import read_samples
+from omni_r1.data.pipeline import shard_in_process
+from omni_r1.data.shards import SamplingPlan, read_samples
 from omni_r1.rl.checkpoint import latest_checkpoint
 from omni_r1.rl.engine import build_engine
 from omni_r1.rl.policy import (
@@ -29,12 +30,11 @@ from omni_r1.rl.policy import (
     sample_completions,
     top_p_filter,
 )
-from omni_r1.rl.prompts_data import PromptItem, build_item
+from omni_r1.rl.prompts_data import PromptItem, item_in_memory
 from omni_r1.rl.rewards import RewardBreakdown, reward_columns, score_rollouts
 from omni_r1.rl.run import build_reasoner
 from omni_r1.rl.trainer import DataOrder, GRPOTrainer, TrainingDiverged, log_columns, trainable_parameters
 from omni_r1.rl.warm_start import format_target, random_moments
-from omni_r1.data.features import FeatureRecord, compute_features
 from omni_r1.systems.answer import try_parse
 from omni_r1.systems.collaboration import Rollout, rollouts_from_completions
 from omni_r1.systems.detail import KeyframePrompt, SegmentResult
@@ -95,32 +95,13 @@ def params() -> Params:
 
 @pytest.fixture(scope="module")
 def items(params: Params, synth_video: Path, tmp_path_factory: pytest.TempPathFactory) -> list[PromptItem]:
-    """Prompts from three synthetic clips, features computed in memory (the features stage's function)."""
+    """Prompts from three synthetic clips (6 frames at 56/64 px), features computed in memory."""
     reasoner = build_reasoner(params, 0)
-    samples = _samples(synth_video, tmp_path_factory.mktemp("trainer-shards"))
-    items = []
-    for index, sample in enumerate(samples[:3]):
-        features = compute_features(reasoner.processor, sample.low_res, sample.audio, sample_fps=2.0)
-        record = FeatureRecord(key=sample.key.split("/")[0], video_id=sample.meta["video_id"], split="train",
-                               **features)
-        items.append(build_item(sample, record, reasoner, seed=index))
-    return items
-
-
-def _samples(root: Path, tmp: Path) -> list[Sample]:
-    """Samples of the synthetic mp4s through ingest and the shard pipeline, small: 6 frames at 56/64 px."""
-    from omni_r1.config import IngestParams
-    from omni_r1.data.pipeline import ingest, rows_from_frame, shard_video
-    from omni_r1.data.shards import SamplingPlan, ShardSetWriter, group_by_video
-
-    frame, _ = ingest("video", root, IngestParams())
-    writer = ShardSetWriter(tmp / "shards", videos_per_shard=4)
-    for rows in group_by_video(rows_from_frame(frame)):
-        outcome = shard_video(rows, root, SamplingPlan(fps=2.0, max_frames=6, low_res=56, high_res=64))
-        assert outcome.record is not None, outcome.quarantine
-        writer.write(outcome.record)
-    writer.close()
-    return [s for split in ("train", "val", "test") for s in read_samples(tmp / "shards", split)]
+    shards = tmp_path_factory.mktemp("trainer-shards")
+    plan = SamplingPlan(fps=2.0, max_frames=6, low_res=56, high_res=64)
+    assert shard_in_process("video", synth_video, shards, plan, videos_per_shard=4) == []
+    samples = [s for split in ("train", "val", "test") for s in read_samples(shards, split)]
+    return [item_in_memory(sample, reasoner, seed=index) for index, sample in enumerate(samples[:3])]
 
 
 def _trainer(params: Params, items: list[PromptItem], tmp: Path, *, reward_fn=length_reward_double,
@@ -323,3 +304,14 @@ def test_several_updates_per_batch_clip_against_the_sampling_policy(params, item
     assert values["clip_fraction"] > 0.0
     single = _trainer(params, items, tmp_path / "single").train_step()
     assert single["clip_fraction"] == 0.0
+
+
+def test_a_reward_error_from_the_rewards_names_the_step_too(params, items, tmp_path) -> None:
+    from omni_r1.rl.rewards import RewardError
+
+    def raising(rollouts, sample, p, **kwargs):
+        raise RewardError(f"sample {sample.key!r}: reward component 'grounding' is nan")
+
+    trainer = _trainer(params, items, tmp_path, reward_fn=raising)
+    with pytest.raises(TrainingDiverged, match=r"step 1: sample '[^']+': reward component 'grounding' is nan"):
+        trainer.fit(1)

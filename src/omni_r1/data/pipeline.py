@@ -31,7 +31,7 @@ import pandas as pd
 from omni_r1.config import DataParams, FeaturesParams, IngestParams
 from omni_r1.data.formats import read_layout
 from omni_r1.data.paths import safe_join
-from omni_r1.data.shards import SamplingPlan, ShardSetWriter, VideoRecord, build_record, iter_shard
+from omni_r1.data.shards import SamplingPlan, ShardSetWriter, VideoRecord, build_record, group_by_video, iter_shard
 from omni_r1.fileio import atomic_write_json
 from omni_r1.data.video import MediaError
 from omni_r1.types import ManifestRow, QuarantineEntry
@@ -94,6 +94,26 @@ def shard_video(rows: Sequence[ManifestRow], root: Path, plan: SamplingPlan) -> 
         return ShardOutcome(first.video_id, first.split, len(rows), None, entries, time.perf_counter() - start)
     return ShardOutcome(first.video_id, first.split, len(rows), record, (), time.perf_counter() - start,
                         record.frames_decoded)
+
+
+def shard_in_process(fmt: str, root: Path, out_dir: Path, plan: SamplingPlan, *,
+                     videos_per_shard: int = 64) -> list[QuarantineEntry]:
+    """Ingest ``root`` and shard every video in order in this process (no Prefect, no validation gate).
+
+    For tests and benchmarks that need a small shard set; the stages run the same two calls fanned out.
+    Returns the quarantine entries of videos that could not be decoded (the rest are written).
+    """
+    frame, _ = ingest(fmt, root, IngestParams())
+    writer = ShardSetWriter(out_dir, videos_per_shard)
+    quarantined: list[QuarantineEntry] = []
+    for rows in group_by_video(rows_from_frame(frame)):
+        outcome = shard_video(rows, root, plan)
+        if outcome.record is None:
+            quarantined.extend(outcome.quarantine)
+        else:
+            writer.write(outcome.record)
+    writer.close()  # the manifest comes last
+    return quarantined
 
 
 def _relative(path: str, root: Path) -> str:

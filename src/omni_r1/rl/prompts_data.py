@@ -15,7 +15,7 @@ from typing import Literal
 
 import torch
 
-from omni_r1.data.features import FeatureRecord, load_feature_shard
+from omni_r1.data.features import FeatureRecord, compute_features, load_feature_shard
 from omni_r1.data.shards import iter_shard, samples_of, verified_shards
 from omni_r1.systems.global_reasoning import GlobalReasoner
 from omni_r1.types import Sample
@@ -70,6 +70,15 @@ def build_item(sample: Sample, record: FeatureRecord, reasoner: GlobalReasoner, 
         duration=reasoner.clip_seconds(record),
         fps=reasoner.sample_fps(record),
     )
+
+
+def item_in_memory(sample: Sample, reasoner: GlobalReasoner, *, seed: int) -> PromptItem:
+    """``build_item`` with the features computed here (the features stage's function), for tests and benches."""
+    features = compute_features(reasoner.processor, sample.low_res, sample.audio,
+                                sample_fps=float(sample.meta.get("sample_fps", 2.0)))
+    record = FeatureRecord(key=sample.key.split("/")[0], video_id=sample.meta["video_id"], split=sample.split,
+                           **features)
+    return build_item(sample, record, reasoner, seed=seed)
 
 
 def split_counts(items: Sequence[PromptItem]) -> dict[str, int]:
