@@ -105,16 +105,20 @@ def encode_prompt(model: Any, prompt_inputs: dict[str, Tensor]) -> PromptEncodin
 def encoded_logprobs(model: Any, encoding: PromptEncoding, completion_ids: Tensor, *, eos_id: int,
                      pad_id: int | None) -> Tensor:
     """``completion_logprobs`` from a ``PromptEncoding``: only the language model and its head run."""
+    prompt_out = _encoded_prompt_forward(model, encoding)
+    return _completion_part(model, prompt_out, completion_ids.to(encoding.input_ids.device),
+                            encoding.input_ids.shape[1] + encoding.rope_delta, eos_id=eos_id, pad_id=pad_id,
+                            language_model=model.model.language_model)
+
+
+def _encoded_prompt_forward(model: Any, encoding: PromptEncoding) -> Any:
+    """The language model over one encoded prompt (batch 1), keeping its cache: text embeddings from the
+    model (trainable), tower outputs from the encoding."""
     inner = model.model
-    language_model = inner.language_model
-    groups, length = completion_ids.shape[0], encoding.input_ids.shape[1]
-    device = encoding.input_ids.device
     embeds = torch.where(encoding.multimodal, encoding.features, inner.get_input_embeddings()(encoding.input_ids))
-    ones = torch.ones((1, length), dtype=torch.long, device=device)
-    prompt_out = language_model(inputs_embeds=embeds, position_ids=encoding.position_ids, attention_mask=ones,
+    ones = torch.ones(encoding.input_ids.shape, dtype=torch.long, device=encoding.input_ids.device)
+    return inner.language_model(inputs_embeds=embeds, position_ids=encoding.position_ids, attention_mask=ones,
                                 use_cache=True)
-    return _completion_part(model, prompt_out, completion_ids.to(device), length + encoding.rope_delta,
-                            eos_id=eos_id, pad_id=pad_id, language_model=language_model)
 
 
 def _completion_part(model: Any, prompt_out: Any, completion_ids: Tensor, start: Any, *, eos_id: int,
@@ -226,13 +230,10 @@ def sample_completions(model: Any, encoding: PromptEncoding, *, num: int, max_ne
     ``num_return_sequences`` would run it ``num`` times). Sampling is temperature then top-p, as
     Omni-R1 samples (1.0, 0.95); ``generator`` makes it reproducible and resumable.
     """
-    inner = model.model
-    language_model = inner.language_model
+    language_model = model.model.language_model
     length = encoding.input_ids.shape[1]
     device = encoding.input_ids.device
-    embeds = torch.where(encoding.multimodal, encoding.features, inner.get_input_embeddings()(encoding.input_ids))
-    out = language_model(inputs_embeds=embeds, position_ids=encoding.position_ids,
-                         attention_mask=torch.ones((1, length), dtype=torch.long, device=device), use_cache=True)
+    out = _encoded_prompt_forward(model, encoding)
     cache = out.cache
     cache.batch_repeat_interleave(num)
     logits = model.lm_head(out.last_hidden_state[:, -1]).float().expand(num, -1)

@@ -38,7 +38,7 @@ from omni_r1.rl.engine import PolicyEngine
 from omni_r1.rl.grpo import completion_mask, group_advantages, informative_groups, policy_loss
 from omni_r1.rl.policy import PromptCache, sample_completions, towers_frozen
 from omni_r1.rl.prompts_data import PromptItem
-from omni_r1.rl.rewards import RewardBreakdown, reward_columns, score_rollouts
+from omni_r1.rl.rewards import RewardBreakdown, RewardError, reward_columns, score_rollouts
 from omni_r1.systems.collaboration import Rollout, SegmentCache, rollouts_from_completions
 from omni_r1.systems.detail import Segmenter
 from omni_r1.systems.global_reasoning import GlobalReasoner
@@ -237,9 +237,13 @@ class GRPOTrainer:
     def _reward(self, group: Group, step: int) -> Group:
         item = group.item
         lengths = [int(n) for n in group.mask.sum(dim=1).tolist()]
-        rewards = self.reward_fn(group.rollouts, item.sample, self.params.rewards, task=item.task,
-                                 num_frames=len(item.sample.frame_indices), fps=item.fps, duration=item.duration,
-                                 completion_lengths=lengths)
+        try:
+            rewards = self.reward_fn(group.rollouts, item.sample, self.params.rewards, task=item.task,
+                                     num_frames=len(item.sample.frame_indices), fps=item.fps,
+                                     duration=item.duration, completion_lengths=lengths)
+        except RewardError as error:  # a non-finite component: stop, naming the step as well
+            raise TrainingDiverged(f"step {step}: {error}; the last good checkpoint in {self.checkpoint_dir} "
+                                   "is intact") from error
         for rollout_index, reward in enumerate(rewards):
             if not math.isfinite(reward.total):
                 raise TrainingDiverged(

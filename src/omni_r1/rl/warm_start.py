@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from omni_r1.config import WarmStartParams
+from omni_r1.rl.grpo import completion_mask
 from omni_r1.rl.policy import PromptCache, pad_completions
 from omni_r1.rl.prompts_data import PromptItem
 from omni_r1.systems.prompts import ANSWER_CLOSE, ANSWER_OPEN, THINK_CLOSE, THINK_OPEN, format_timestamp
@@ -102,7 +103,7 @@ def warm_start(
                     for _ in range(ROWS_PER_PROMPT)]
             ids = pad_completions(rows, pad_id=pad_id)
             logp = prompts.logprobs(model, item.key, item.inputs, ids)
-            mask = (ids != pad_id).float() if pad_id != eos_id else torch.ones_like(logp)
+            mask = completion_mask(ids, eos_id=eos_id, pad_id=pad_id)
             loss = -(logp * mask).sum() / mask.sum() / len(chosen)
             loss.backward()
             total += float(loss.detach())
