@@ -29,8 +29,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Sequence
 
-import pandas as pd
-
 from omni_r1.config import load_params
 from omni_r1.eval.paper import (RunInfo, Table, is_synthetic, paper_table_markdown, refavs_numbers,
                                 revos_numbers)
@@ -205,8 +203,5 @@ def _report(repo: Path, table: Table, policies: Sequence[str], info: RunInfo) ->
     if table == "revos":
         run = revos_numbers(json.loads((repo / "data/eval/metrics.json").read_text()))
     else:
-        lines = (repo / "data/eval/samples.jsonl").read_text().splitlines()
-        manifest = pd.read_parquet(repo / "data/interim/validated.parquet", columns=["sample_id", "benchmark_split"])
-        splits = dict(zip(manifest["sample_id"], manifest["benchmark_split"].fillna("")))
-        run = refavs_numbers([json.loads(line) for line in lines if line.strip()], splits)
+        run = refavs_numbers(json.loads((repo / "data/eval/metrics.json").read_text()))
     return paper_table_markdown(table, paper, run, info, policies)

@@ -1,4 +1,8 @@
-"""Stage ``evaluate``: score the prediction PNGs -> ``data/eval/metrics.json`` (DVC metrics) + per-sample JSONL."""
+"""Stage ``evaluate``: score the prediction PNGs -> ``data/eval/metrics.json`` (DVC metrics) + per-sample JSONL.
+
+J, F and J&F per type with bootstrap 95% intervals; on RefAVS data (``data.format: refavs``) also the
+Ref-AVS metrics per benchmark split, scored against the benchmark's files under ``data.root``.
+"""
 
 from __future__ import annotations
 
@@ -20,11 +24,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--shards", type=Path, default=Path("data/shards"))
     p.add_argument("--predictions", type=Path, default=Path("data/predictions"))
     p.add_argument("--out", type=Path, default=Path("data/eval"))
+    p.add_argument("--root", type=Path, default=None, help="the raw data root (default: data.root)")
     args, params = parse(p, argv)
     rows_file = args.predictions / "rows.jsonl"
     predict_rows = [json.loads(line) for line in rows_file.read_text().splitlines() if line.strip()]
+    refavs_root = args.root or Path(params.data.root)  # read only when the shards hold RefAVS samples
     summary, rows = evaluate(args.shards, args.predictions, params.predict.split, params.predict.policies,
-                             predict_rows)
+                             predict_rows, refavs_root=refavs_root, resamples=params.predict.bootstrap_resamples,
+                             seed=params.predict.bootstrap_seed)
     atomic_write_text(args.out / "samples.jsonl", "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
     atomic_write_json(args.out / "metrics.json", summary)
     for policy, s in summary.items():

@@ -1,6 +1,7 @@
 """Stage ``predict``: the two systems over the test shards -> official-layout prediction PNGs.
 
-Fanned out per shard through the Prefect task runner of ``predict.fanout``. Writes
+System 2 runs over every native frame of each test video, decoded again from ``data.root`` as the
+validated manifest lists it. Fanned out per shard through the Prefect task runner of ``predict.fanout``. Writes
 ``<out>/<policy>/...png`` and ``<out>/rows.jsonl`` (one row per sample and policy: parse errors,
 keyframes, timings).
 """
@@ -16,6 +17,7 @@ from typing import Sequence
 
 from flows.fanout import map_chunks
 from omni_r1.data.shards import verified_shards
+from omni_r1.eval.native import NativeSource
 from omni_r1.eval.predict import predict_shard
 from omni_r1.fileio import atomic_write_json, atomic_write_text
 from stages.common import parse, parser
@@ -27,14 +29,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = parser("predict", __doc__ or "")
     p.add_argument("--shards", type=Path, default=Path("data/shards"))
     p.add_argument("--features", type=Path, default=Path("data/features"))
+    p.add_argument("--manifest", type=Path, default=Path("data/interim/validated.parquet"),
+                   help="the validated manifest: where each sample's native frames are under --root")
+    p.add_argument("--root", type=Path, default=None, help="the raw data root (default: data.root)")
     p.add_argument("--out", type=Path, default=Path("data/predictions"))
     p.add_argument("--metrics", type=Path, default=Path("data/metrics/predict.json"))
     args, params = parse(p, argv)
     entries = verified_shards(args.shards, params.predict.split)
     if args.out.exists():
         shutil.rmtree(args.out)
+    source = NativeSource.from_manifest(args.root or Path(params.data.root), args.manifest)
     fan = params.predict.fanout
-    rows = [row for chunk in map_chunks(predict_shard, entries, common=(args.shards, args.features, args.out, params),
+    rows = [row for chunk in map_chunks(predict_shard, entries,
+                                        common=(args.shards, args.features, args.out, source, params),
                                         stage="predict", unit="shard", task_runner=fan.task_runner,
                                         workers=fan.workers, address=fan.address)
             for row in chunk]

@@ -1,4 +1,9 @@
-"""Stage ``report``: ``reports/tables.md`` (this run beside the paper), J&F plots and qualitative overlays."""
+"""Stage ``report``: ``reports/tables.md`` (this run beside the paper), J&F plots and qualitative overlays.
+
+The paper table is RefAVS's (Ref-AVS metrics per split) on RefAVS data and ReVOS's (J&F per type)
+otherwise; the ablation (predict nothing, System 2 alone, System 1's keyframes with the original
+query, the full pipeline) follows, every figure with its bootstrap 95% interval.
+"""
 
 from __future__ import annotations
 
@@ -7,11 +12,12 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 from omni_r1.config import Params
 from omni_r1.eval.report import plot_jf, plot_training, write_overlays
-from omni_r1.eval.tables import load_paper_numbers, revos_table, run_table, training_table
+from omni_r1.eval.tables import (ablation_table, has_refavs, load_paper_numbers, refavs_table, revos_table,
+                                 run_table, training_table)
 from omni_r1.fileio import atomic_write_text
 from stages.common import parse, parser
 
@@ -33,7 +39,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     rows = [json.loads(line) for line in (args.eval / "samples.jsonl").read_text().splitlines() if line.strip()]
     figures = args.out / "figures"
     plot_jf(summary, figures / "jf_per_type.png")
-    policy = params.predict.policies[0]
+    policies = params.predict.policies
+    policy = "global_reasoning" if "global_reasoning" in policies else policies[-1]
     chosen = [r["sample_id"] for r in rows if r["policy"] == policy and r["exp_type"] != "null"][:3]
     overlays = write_overlays(args.shards, args.predictions, params.predict.split, policy, figures, chosen)
     synthetic = params.data.root == params.synth.out
@@ -44,8 +51,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"`{params.global_reasoning.checkpoint}`, System 2 backend `{params.detail.backend}`."
         + (" **These numbers come from synthetic videos and tiny models; they are not comparable to the paper's.**"
            if synthetic else ""),
-        "## ReVOS-style J&F (x100)", revos_table(load_paper_numbers(args.paper), summary, label),
-        "## This run in detail", run_table(summary),
+        *_paper_section(load_paper_numbers(args.paper), summary, label),
+        "## Ablation: what each system adds (J&F x100, bootstrap 95% intervals over samples)",
+        "Referring and reasoning J&F are the headline. Null expressions are reported apart: an empty "
+        "prediction is right there, so their J&F says nothing about grounding.",
+        ablation_table(summary),
+        "## This run in detail (x100, bootstrap 95% intervals)", run_table(summary),
         *_training_section(args, params, figures),
         "## Figures", f"![J&F per type](figures/{(figures / 'jf_per_type.png').name})",
         *[f"![{o.stem}](figures/{o.name})" for o in overlays],
@@ -53,6 +64,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     atomic_write_text(args.out / "tables.md", text)
     log.info("wrote %s with %d overlays", args.out / "tables.md", len(overlays))
     return 0
+
+
+def _paper_section(paper: list[dict[str, Any]], summary: dict[str, Any], label: str) -> list[str]:
+    """RefAVS data: the Ref-AVS metrics per split; any other data: ReVOS-style J&F per type."""
+    if has_refavs(summary):
+        return ["## RefAVS with the Ref-AVS metrics (x100, bootstrap 95% intervals over clips)",
+                "J is the mIoU and F the F-score (beta^2 = 0.3) on Seen (`test_s`) and Unseen (`test_u`), J&F their "
+                "mean; S on Null (`test_n`). Computed as `omni-r1 score refavs` does, against the benchmark's "
+                "`metadata.csv` and `gt_mask/`.", refavs_table(paper, summary, label)]
+    return ["## ReVOS-style J&F (x100, bootstrap 95% intervals)", revos_table(paper, summary, label)]
 
 
 def _training_section(args: argparse.Namespace, params: Params, figures: Path) -> list[str]:

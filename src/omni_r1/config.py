@@ -185,13 +185,18 @@ class PredictParams:
     """Two-system inference over the test shards, written in the official prediction layouts."""
 
     split: Literal["train", "val", "test"] = "test"
-    # global_reasoning: System 1 -> System 2; uniform_keyframes: a reference with evenly spread keyframes
-    # and the original expression, which shows what System 2 does with no System 1 at all.
-    policies: tuple[Literal["global_reasoning", "uniform_keyframes"], ...] = ("global_reasoning", "uniform_keyframes")
+    # The paper's ablation plus a floor (omni_r1.eval.predict): predict_nothing (empty masks);
+    # uniform_keyframes (System 2 alone on evenly spread keyframes, original expression);
+    # keyframes_original_query (System 1's keyframes, original expression); global_reasoning (the full pipeline).
+    policies: tuple[Literal["predict_nothing", "uniform_keyframes", "keyframes_original_query", "global_reasoning"],
+                    ...] = ("predict_nothing", "uniform_keyframes", "keyframes_original_query", "global_reasoning")
     fanout: FanoutParams = FanoutParams()
+    bootstrap_resamples: int = 1000  # evaluate: bootstrap resamples of the samples for each 95% interval
+    bootstrap_seed: int = 0
 
     def __post_init__(self) -> None:
         _require(len(self.policies) >= 1, "predict.policies", "must name at least one policy")
+        _require(self.bootstrap_resamples >= 100, "predict.bootstrap_resamples", "must be at least 100")
 
 
 @dataclass(frozen=True)

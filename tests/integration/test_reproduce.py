@@ -47,22 +47,24 @@ def test_synthetic_data_is_said_plainly() -> None:
     assert not is_synthetic("data/raw/refavs", "data/raw/synthetic", "data/raw/refavs.dvc")
 
 
-def test_refavs_numbers_average_by_seen_and_unseen_split() -> None:
-    rows = [{"sample_id": "a", "policy": "p", "exp_type": "referring", "J": 40.0, "F": 60.0, "JF": 50.0},
-            {"sample_id": "b", "policy": "p", "exp_type": "referring", "J": 20.0, "F": 40.0, "JF": 30.0},
-            {"sample_id": "c", "policy": "p", "exp_type": "referring", "J": 70.0, "F": 90.0, "JF": 80.0},
-            {"sample_id": "n", "policy": "p", "exp_type": "null", "J": 100.0, "F": 100.0, "JF": 100.0}]
-    splits = {"a": "test_s", "b": "test_s", "c": "test_u", "n": "test_n"}
-    run = refavs_numbers(rows, splits)
-    assert run["p"][("seen", "JF")] == 40.0 and run["p"][("seen", "J")] == 30.0
-    assert run["p"][("unseen", "F")] == 90.0
+def test_refavs_numbers_are_the_refavs_metrics_per_split() -> None:
+    # the evaluate stage's metrics.json: Ref-AVS mIoU / F-score (x100) per split, S on null
+    summary = {"p": {"refavs": {"test_s": {"mIoU": 30.0, "F": 50.0, "JF": 40.0, "JF_ci": [35.0, 45.0], "n": 2},
+                                "test_u": {"mIoU": 70.0, "F": 90.0, "JF": 80.0, "n": 1},
+                                "test_n": {"S": 12.5, "n": 1}}},
+               "q": {"referring": {"J": 1.0, "F": 1.0, "JF": 1.0}}}  # data without RefAVS splits
+    run = refavs_numbers(summary)
+    assert run["p"][("seen", "JF")] == 40.0 and run["p"][("seen", "J")] == 30.0  # J is the mIoU
+    assert run["p"][("unseen", "F")] == 90.0 and run["p"][("null", "S")] == 12.5
+    assert "q" not in run
     text = paper_table_markdown("refavs", PAPER, run, _info(synthetic=True), ["p"])
     assert _cells(text, "seen")[:5] == ["seen", "J&F", "47.2", "40.0", "-7.2"]
     assert _cells(text, "unseen")[:5] == ["unseen", "J&F", "74.2", "80.0", "+5.8"]
+    assert "J is the Ref-AVS mIoU and F its F-score (beta^2 = 0.3)" in text and "`p` 12.5" in text
 
 
 def test_refavs_table_on_data_without_refavs_splits_says_why() -> None:
-    text = paper_table_markdown("refavs", PAPER, refavs_numbers([], {}), _info(synthetic=True), ["global_reasoning"])
+    text = paper_table_markdown("refavs", PAPER, refavs_numbers({}), _info(synthetic=True), ["global_reasoning"])
     assert "no RefAVS seen/unseen test samples" in text
     assert _cells(text, "seen")[:5] == ["seen", "J&F", "47.2", "-", "-"]
 

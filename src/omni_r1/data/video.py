@@ -377,6 +377,36 @@ def decode_video(
     return DecodedVideo(low_res=low[: len(wanted)], high_res=high[: len(wanted)], audio=audio, frames_decoded=received)
 
 
+def decode_frames(path: Path, indices: Sequence[int], size: tuple[int, int], *, threads: int = 1) -> np.ndarray:
+    """Decode the native frames ``indices`` (strictly increasing) at one size: (T, height, width, 3) uint8 RGB.
+
+    Evaluation's full-rate decode (System 2 propagates over every native frame). The same filter graph
+    as ``decode_video``'s high-res branch, so a frame comes out with the pixels the shard stage stored
+    for it; selection and scaling stay inside ffmpeg.
+    """
+    path = Path(path)
+    wanted = _checked_indices(indices)
+    if threads < 0:
+        raise ValueError(f"decode_frames needs threads >= 0 (0 lets ffmpeg choose), got {threads}")
+    _check_file(path)
+    graph = f"[0:V:0]select='{_select_expression(wanted)}',scale={size[0]}:{size[1]},setsar=1[out]"
+    command = [
+        ffmpeg_exe(), "-nostdin", "-hide_banner", "-loglevel", "error", "-xerror",
+        "-threads", str(threads), "-i", str(path), "-filter_complex", graph,
+        "-map", "[out]", "-fps_mode", "passthrough", "-f", "rawvideo", "-pix_fmt", "rgb24", "pipe:1",
+    ]  # fmt: skip
+    with tempfile.TemporaryFile() as stderr:
+        data, returncode = _run_reading_stdout(command, stderr, len(wanted) * size[0] * size[1] * 3)
+        if returncode != 0:
+            stderr.seek(0)
+            raise _ffmpeg_error(path, returncode, stderr.read())
+    frames = _frames(np.frombuffer(data, dtype=np.uint8), size, path)
+    if len(frames) < len(wanted):
+        raise MediaError(path, f"decoded {len(frames)} of {len(wanted)} frames: the file is truncated or corrupt",
+                         _REENCODE_HINT.format(path=path))
+    return frames[: len(wanted)]
+
+
 def decode_audio(path: Path, duration: float) -> np.ndarray:
     """Any audio file or a video's first audio stream -> (N,) float32 16 kHz mono, N == round(duration * 16000)."""
     path = Path(path)

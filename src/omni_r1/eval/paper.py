@@ -5,15 +5,17 @@
 run's numbers and a description of the run, and returns text.
 
 - ReVOS: J&F per expression type (referring, reasoning, overall) from ``data/eval/metrics.json``.
-- RefAVS: J&F, J and F on the seen (``test_s``) and unseen (``test_u``) splits, averaged from the
-  per-sample rows of ``data/eval/samples.jsonl`` by each sample's RefAVS split. Data without RefAVS
-  splits has no seen/unseen numbers; the table then says so instead of inventing them.
+- RefAVS: the Ref-AVS metrics the paper reports, from the ``refavs`` section of ``data/eval/metrics.json``
+  (computed by ``omni_r1.eval.scoring``, the ``omni-r1 score refavs`` code): J is the mIoU and F the
+  F-score (beta^2 = 0.3) on the seen (``test_s``) and unseen (``test_u``) splits, J&F their mean; the
+  null split (``test_n``) has S. Data without RefAVS splits has no such numbers; the table then says so
+  instead of inventing them.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Iterable, Literal, Mapping, Sequence
+from typing import Any, Literal, Mapping, Sequence
 
 Table = Literal["refavs", "revos"]
 TABLES: tuple[Table, ...] = ("refavs", "revos")
@@ -46,22 +48,22 @@ def revos_numbers(summary: Mapping[str, Any]) -> RunNumbers:
             for policy, s in summary.items()}
 
 
-def refavs_numbers(rows: Iterable[Mapping[str, Any]], benchmark_split: Mapping[str, str]) -> RunNumbers:
-    """Mean J&F, J and F per policy on the RefAVS seen and unseen splits, from per-sample rows.
+def refavs_numbers(summary: Mapping[str, Any]) -> RunNumbers:
+    """Per policy, the Ref-AVS numbers of ``metrics.json`` (x100): J = mIoU, F = F-score, J&F; S on null.
 
-    ``benchmark_split`` maps sample_id to its RefAVS split (``test_s``/``test_u``/``test_n``);
-    samples of other splits (and null expressions) do not count, as in the official tables.
+    Keys are (``seen``/``unseen``, ``J``/``F``/``JF``) and (``null``, ``S``); a policy without a ``refavs``
+    section (data that is not RefAVS) has none.
     """
-    groups: dict[tuple[str, str], list[Mapping[str, Any]]] = {}
-    for row in rows:
-        split = REFAVS_SPLITS.get(benchmark_split.get(row["sample_id"], ""))
-        if split is not None and row["exp_type"] != "null":
-            groups.setdefault((row["policy"], split), []).append(row)
     numbers: RunNumbers = {}
-    for (policy, split), members in groups.items():
-        for metric in METRICS:
-            value = sum(float(r[metric]) for r in members) / len(members)
-            numbers.setdefault(policy, {})[(split, metric)] = round(value, 2)
+    for policy, s in summary.items():
+        refavs = s.get("refavs", {})
+        for split, name in REFAVS_SPLITS.items():
+            if split in refavs:
+                m = refavs[split]
+                numbers.setdefault(policy, {}).update(
+                    {(name, "J"): float(m["mIoU"]), (name, "F"): float(m["F"]), (name, "JF"): float(m["JF"])})
+        if "test_n" in refavs:
+            numbers.setdefault(policy, {})[("null", "S")] = float(refavs["test_n"]["S"])
     return numbers
 
 
@@ -88,8 +90,10 @@ def paper_table_markdown(table: Table, paper: Sequence[Mapping[str, Any]], run: 
     if missing:
         sections.append(_missing_note(table, missing))
     sections += [f"## {REFERENCE_METHOD} (paper) and this run (x100; difference = this run - paper)",
-                 _comparison(reference, run, policies),
-                 "## Other methods in the paper", _others(rows)]
+                 _comparison(reference, run, policies)]
+    if table == "refavs":
+        sections.append(_refavs_note(run, policies))
+    sections += ["## Other methods in the paper", _others(rows)]
     return "\n\n".join(sections) + "\n"
 
 
@@ -101,6 +105,17 @@ def _provenance(info: RunInfo) -> str:
         f"- System 2: {info.detail}",
         f"- DVC experiment: `{info.experiment}` (`dvc exp show` lists its params and metrics)",
     ])
+
+
+def _refavs_note(run: RunNumbers, policies: Sequence[str]) -> str:
+    """How the RefAVS cells are made, and this run's null-split S (the paper prints none for Omni-R1)."""
+    text = ("J is the Ref-AVS mIoU and F its F-score (beta^2 = 0.3), per clip at 256x256 and averaged over "
+            "clips, as `omni-r1 score refavs` computes them; J&F is their mean. Binary masks are scored as "
+            "probabilities 0/1.")
+    nulls = [f"`{p}` {run[p][('null', 'S')]:.1f}" for p in policies if ("null", "S") in run.get(p, {})]
+    if nulls:
+        text += " Null split (`test_n`), S x100 (lower is better): " + ", ".join(nulls) + "."
+    return text
 
 
 def _missing_note(table: Table, policies: Sequence[str]) -> str:

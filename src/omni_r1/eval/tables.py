@@ -1,4 +1,8 @@
-"""The paper's tables beside this run: markdown built from ``reports/paper_numbers.yaml`` and our metrics."""
+"""The paper's tables beside this run: markdown built from ``reports/paper_numbers.yaml`` and our metrics.
+
+Every figure of this run carries its bootstrap 95% interval over samples as ``value [low, high]``
+(``data/eval/metrics.json`` holds them as ``<metric>_ci``).
+"""
 
 from __future__ import annotations
 
@@ -8,6 +12,14 @@ from typing import Any
 import yaml
 
 REVOS_SPLITS = ("referring", "reasoning", "overall")
+REFAVS_SPLITS = (("test_s", "Seen"), ("test_u", "Unseen"))
+# The ablation in the paper's order, each with what it means (omni_r1.eval.predict has the policies).
+ABLATION = {
+    "predict_nothing": "predict nothing (empty masks)",
+    "uniform_keyframes": "System 2 alone: uniform keyframes, original query",
+    "keyframes_original_query": "System 1's keyframes, original query",
+    "global_reasoning": "full pipeline: System 1's keyframes and rewritten descriptions",
+}
 
 
 def load_paper_numbers(path: Path) -> list[dict[str, Any]]:
@@ -30,31 +42,91 @@ def revos_table(paper: list[dict[str, Any]], summary: dict[str, Any], run_label:
     for method, values in methods.items():
         cells = " | ".join(_fmt(values.get(s)) for s in REVOS_SPLITS)
         lines.append(f"| {method} | {cells} | paper |")
-    for policy, s in summary.items():
-        cells = " | ".join(_fmt(s.get(t, {}).get("JF")) for t in REVOS_SPLITS)
+    for policy in ordered(summary):
+        s = summary[policy]
+        cells = " | ".join(_ci(s.get(t, {}), "JF") for t in REVOS_SPLITS)
         lines.append(f"| **{policy}** | {cells} | {run_label} |")
     return "\n".join(lines)
 
 
+def ordered(summary: dict[str, Any]) -> list[str]:
+    """The run's policies in the ablation's order, then any others in their own order."""
+    return [p for p in ABLATION if p in summary] + [p for p in summary if p not in ABLATION]
+
+
+def ablation_table(summary: dict[str, Any]) -> str:
+    """The paper's ablation on this run's data: referring and reasoning J&F (the headline), null apart.
+
+    Rows in the ablation's order, for the policies the run has; intervals are bootstrap 95% over samples.
+    A null expression is right when nothing is predicted, so its J&F says nothing about grounding.
+    """
+    lines = ["| policy | what System 2 gets | referring J&F | reasoning J&F | overall J&F | null J&F (apart) |",
+             "|---|---|---|---|---|---|"]
+    for policy in ordered(summary):
+        s = summary[policy]
+        cells = " | ".join(_ci(s.get(t, {}), "JF") for t in ("referring", "reasoning", "overall", "null"))
+        lines.append(f"| `{policy}` | {ABLATION.get(policy, '')} | {cells} |")
+    return "\n".join(lines)
+
+
+def refavs_table(paper: list[dict[str, Any]], summary: dict[str, Any], run_label: str) -> str:
+    """RefAVS with the Ref-AVS metrics: J = mIoU, F = F-score (beta^2 = 0.3), J&F on Seen and Unseen; S on Null.
+
+    The paper's methods first (its J&F / J / F), then each policy of this run, x100 with intervals over clips.
+    """
+    methods: dict[str, dict[tuple[str, str], float]] = {}
+    for row in paper:
+        if row["benchmark"] == "RefAVS":
+            methods.setdefault(row["method"], {})[(row["split"], row["metric"])] = row["value"]
+    names = {"test_s": "seen", "test_u": "unseen"}
+    header = "| method | " + " | ".join(f"{label} {m}" for _, label in REFAVS_SPLITS for m in ("J&F", "J (mIoU)", "F"))
+    lines = [header + " | Null S (lower is better) | source |", "|---|" + "---|" * 8]
+    for method, values in methods.items():
+        cells = " | ".join(_fmt(values.get((names[split], m))) for split, _ in REFAVS_SPLITS for m in ("JF", "J", "F"))
+        lines.append(f"| {method} | {cells} | - | paper |")
+    for policy in ordered(summary):
+        refavs = summary[policy].get("refavs", {})
+        cells = " | ".join(_ci(refavs.get(split, {}), m) for split, _ in REFAVS_SPLITS for m in ("JF", "mIoU", "F"))
+        lines.append(f"| **{policy}** | {cells} | {_ci(refavs.get('test_n', {}), 'S')} | {run_label} |")
+    return "\n".join(lines)
+
+
+def has_refavs(summary: dict[str, Any]) -> bool:
+    """True when the evaluation holds Ref-AVS metrics (RefAVS data with test_s/test_u/test_n samples)."""
+    return any(s.get("refavs") for s in summary.values())
+
+
 def run_table(summary: dict[str, Any]) -> str:
-    """This run in full: J, F, J&F per expression type, sample counts and System 1 parse failures."""
+    """This run in full: J, F, J&F per expression type with intervals, sample counts and System 1 parse failures."""
     lines = ["| policy | type | n | J | F | J&F |", "|---|---|---|---|---|---|"]
-    for policy, s in summary.items():
+    for policy in ordered(summary):
+        s = summary[policy]
         for exp_type in ("referring", "reasoning", "null", "overall"):
             if exp_type in s:
                 row = s[exp_type]
-                lines.append(f"| {policy} | {exp_type} | {row.get('n', '')} | {_fmt(row['J'])} | {_fmt(row['F'])} | "
-                             f"{_fmt(row['JF'])} |")
+                lines.append(f"| {policy} | {exp_type} | {row.get('n', '')} | {_ci(row, 'J')} | {_ci(row, 'F')} | "
+                             f"{_ci(row, 'JF')} |")
     lines.append("")
     lines.append("| policy | samples | System 1 parse failures | rate |")
     lines.append("|---|---|---|---|")
-    for policy, s in summary.items():
+    for policy in ordered(summary):
+        s = summary[policy]
         lines.append(f"| {policy} | {s['samples']} | {s['parse_failures']} | {100 * s['parse_failure_rate']:.1f}% |")
     return "\n".join(lines)
 
 
 def _fmt(value: Any) -> str:
     return "-" if value is None else f"{float(value):.1f}"
+
+
+def _ci(values: dict[str, Any], metric: str) -> str:
+    """``value [low, high]`` from a summary entry, ``-`` when absent; the interval only where it was computed."""
+    if values.get(metric) is None:
+        return "-"
+    interval = values.get(f"{metric}_ci")
+    if not interval:
+        return _fmt(values[metric])
+    return f"{float(values[metric]):.1f} [{float(interval[0]):.1f}, {float(interval[1]):.1f}]"
 
 
 def training_table(train: dict[str, Any], warm_start_steps: int, grpo_steps: int) -> str:

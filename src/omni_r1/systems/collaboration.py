@@ -74,14 +74,10 @@ def collaborate(
     seed: int | None = None,
 ) -> Collaboration:
     """Run System 1 ``group_size`` times on the sample's cached features, then System 2 on every answer."""
-    if record.key != sample.key.split("/")[0]:
-        raise ValueError(f"feature record {record.key!r} does not belong to sample {sample.key!r}")
     timings: dict[str, float] = {}
-
     start = time.perf_counter()
-    prompt = reasoner.prompt_for(record, sample.expression, task=task, seed=seed)
-    inputs = reasoner.build_inputs(record, prompt)
-    completions = reasoner.generate(inputs, num_return_sequences=group_size, do_sample=do_sample, seed=seed)
+    completions = system1_completions(sample, record, reasoner, task=task, group_size=group_size,
+                                      do_sample=do_sample, seed=seed)
     timings["system1"] = time.perf_counter() - start
 
     rollouts, phase_times = rollouts_from_completions(
@@ -90,6 +86,33 @@ def collaborate(
     )
     timings.update(phase_times)
     return Collaboration(sample.key, rollouts, timings)
+
+
+def system1_completions(
+    sample: Sample,
+    record: FeatureRecord,
+    reasoner: GlobalReasoner,
+    *,
+    task: Task = "revos",
+    group_size: int = 1,
+    do_sample: bool = False,
+    seed: int | None = None,
+) -> list[str]:
+    """System 1 alone: ``group_size`` answers for the sample from its cached features (no System 2)."""
+    if record.key != sample.key.split("/")[0]:
+        raise ValueError(f"feature record {record.key!r} does not belong to sample {sample.key!r}")
+    prompt = reasoner.prompt_for(record, sample.expression, task=task, seed=seed)
+    inputs = reasoner.build_inputs(record, prompt)
+    return reasoner.generate(inputs, num_return_sequences=group_size, do_sample=do_sample, seed=seed)
+
+
+def parse_completion(
+    text: str, *, task: Task, duration: float, num_frames: int, fps: float, max_keyframes: int
+) -> tuple[KeyframeSelection | AnswerParseError, tuple[KeyframePrompt, ...]]:
+    """One System 1 answer parsed, and System 2's prompts for it (none when it did not parse)."""
+    parsed = try_parse(text, task=task, duration=duration, num_frames=num_frames, fps=fps, max_keyframes=max_keyframes)
+    prompts = keyframe_prompts(parsed, num_frames) if isinstance(parsed, KeyframeSelection) else ()
+    return parsed, prompts
 
 
 SegmentCache = dict[tuple[str, tuple[KeyframePrompt, ...]], SegmentResult]
@@ -115,11 +138,10 @@ def rollouts_from_completions(
     num_frames = len(sample.frame_indices)
     timings: dict[str, float] = {}
     start = time.perf_counter()
-    parsed = [
-        try_parse(text, task=task, duration=duration, num_frames=num_frames, fps=fps, max_keyframes=max_keyframes)
-        for text in completions
-    ]
-    prompt_sets = [keyframe_prompts(p, num_frames) if isinstance(p, KeyframeSelection) else () for p in parsed]
+    answers = [parse_completion(text, task=task, duration=duration, num_frames=num_frames, fps=fps,
+                                max_keyframes=max_keyframes) for text in completions]
+    parsed = [p for p, _ in answers]
+    prompt_sets = [prompts for _, prompts in answers]
     timings["parse"] = time.perf_counter() - start
 
     start = time.perf_counter()
@@ -161,14 +183,3 @@ def masks_to_native(masks: np.ndarray, height: int, width: int) -> np.ndarray:
         np.asarray(Image.fromarray(m.astype(np.uint8) * 255).resize((width, height), Image.NEAREST)) > 127
         for m in masks
     ]) if len(masks) else np.zeros((0, height, width), bool)
-
-
-def hold_to_native_frames(masks: np.ndarray, frame_indices: tuple[int, ...], num_frames: int) -> np.ndarray:
-    """Masks for every native frame from masks at the sampled frames: each takes its nearest sampled frame.
-
-    System 2 propagates over the sampled clip (the frames the shard stage decoded); the official
-    benchmarks score every native frame, so the frames in between hold the nearest sampled mask.
-    """
-    sampled = np.asarray(frame_indices)
-    nearest = np.abs(np.arange(num_frames)[:, None] - sampled[None, :]).argmin(axis=1)
-    return masks[nearest]
