@@ -166,6 +166,9 @@ class DetailParams:
     sam2_config: str = "configs/sam2.1/sam2.1_hiera_t.yaml"
     sam2_checkpoint: str = ""  # empty: random weights, for tests only
     sam2_image_size: int = 1024
+    # sam2: the official code runs one forward pass from the first prompted frame; true adds a reverse pass
+    # from the latest keyframe so frames before an object's keyframe get masks too (our extension).
+    reverse_pass: bool = False
     # light backend (CPU demo): a small grounder and a box-prompted U-Net trained on the synthetic data.
     light_checkpoint: str = "data/models/detail"
     light_size: int = 96
@@ -220,6 +223,9 @@ class RewardParams:
     length_threshold: float = 0.1  # ... and more than one rollout of the batch has R_acc above this
     length_control: bool = True
     refavs_empty_reward: float = 0.0  # RefAVS: an answer with no box scores this (spec: 0), counted
+    # The official IoU scores 0 whenever the true box starts at x = 0 (its `gt_box[0] > 0` check), so a
+    # perfect box on an object touching the left edge earns nothing. false (ours) scores it; true is official.
+    zero_iou_at_left_edge: bool = False
 
     def __post_init__(self) -> None:
         _require(self.target_keyframes >= 1, "rewards.target_keyframes", "must be at least 1")
@@ -265,7 +271,11 @@ class TrainParams:
     updates_per_batch: int = 1  # paper: 1 (the ratio is 1 in value and no clipping happens)
     loss_norm: Literal["token", "sequence"] = "sequence"  # paper: mean over completion tokens, then over the batch
     scale_std: bool = True  # divide advantages by the group's std (+1e-4)
-    drop_equal_groups: bool = True
+    # official: every group stays in the loss (all-equal groups have advantage 0 but keep their KL pull);
+    # true drops them and rescales the rest (ours, off by default).
+    drop_equal_groups: bool = False
+    # official: null expressions (no target object) are never drawn for training; true trains on them too.
+    include_null: bool = False
     max_new_tokens: int = 56
     split: Literal["train", "val", "test"] = "train"
     eval_split: Literal["train", "val", "test"] = "val"  # held-out prompts for the before/after report

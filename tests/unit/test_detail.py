@@ -68,7 +68,7 @@ class OracleBoxGrounderForTests:
         self.pad = pad
         self.calls = 0
 
-    def ground(self, frame: np.ndarray, description: str) -> list[Box]:
+    def ground(self, frame: np.ndarray, description: str, task: str = "revos") -> list[Box]:
         self.calls += 1
         t = next(i for i, f in enumerate(self.frames) if np.array_equal(f, frame))
         ys, xs = np.nonzero(self.masks[t])
@@ -246,7 +246,7 @@ def test_sam2_empty_group_skips_the_predictor(square_samples) -> None:
             raise AssertionError("no box, no SAM2 pass")
 
     class NothingFound:
-        def ground(self, frame, description):
+        def ground(self, frame, description, task="revos"):
             return []
 
     result = Sam2Segmenter(NoPredictor(), NothingFound(), 3).segment(sample.high_res, [KeyframePrompt(0, "x")])
@@ -292,19 +292,33 @@ def test_vlm_grounder_scales_boxes_from_resized_pixels() -> None:
     answer = '```json\n[{"bbox_2d": [14, 28, 70, 56], "label": "red circle"}, {"bbox_2d": [0, 0, 7, 7]}]\n```'
     vlm = ScriptedVlmForTests(answer)
     grounder = VlmGrounder(vlm, vlm, max_objects=1)
-    boxes = grounder.ground(np.zeros((224, 280, 3), np.uint8), "the red circle")
+    boxes = grounder.ground(np.zeros((224, 280, 3), np.uint8), "The red circle", "refavs")
     assert vlm.prompts == ["Please find the bounding box of 'the red circle' with json format"]
     assert vlm.generate_kwargs["do_sample"] is False
-    assert len(boxes) == 1
+    # Every entry comes back, in answer order (the rewards count them; System 2 uses the first K)
+    assert len(boxes) == 2
     assert (boxes[0].x1, boxes[0].y1, boxes[0].x2, boxes[0].y2) == pytest.approx((28, 56, 140, 112))
+    assert (boxes[1].x1, boxes[1].y1, boxes[1].x2, boxes[1].y2) == pytest.approx((0, 0, 14, 14))
 
 
-@pytest.mark.parametrize("answer", ['[{"bbox_2d": [-3, 0, 10, 10]}]', '[{"bbox_2d": [20, 0, 10, 10]}]', "no idea"])
-def test_vlm_grounder_rejects_bad_boxes(answer: str) -> None:
+def test_vlm_grounder_asks_revos_for_all_referred_objects() -> None:
+    vlm = ScriptedVlmForTests("[]")
+    assert VlmGrounder(vlm, vlm, max_objects=3).ground(np.zeros((224, 280, 3), np.uint8), " Two Dogs ") == []
+    assert vlm.prompts == ["Given the expression: 'two dogs', ground all the referred objects with json bboxs"]
+
+
+@pytest.mark.parametrize("answer,entries,failures", [
+    ('[{"bbox_2d": [-3, 0, 10, 10]}]', [None], 1),
+    ('[{"bbox_2d": [20, 0, 10, 10]}]', [None], 1),
+    ('[{"bbox": [1, 2, 3, 4]}, {"bbox_2d": [14, 28, 70, 56]}]', [None, "box"], 1),
+    ("no idea", [], 0),  # no entry at all: a valid "nothing here", not a failure
+])
+def test_vlm_grounder_keeps_bad_entries_as_none(answer: str, entries: list, failures: int) -> None:
     vlm = ScriptedVlmForTests(answer)
     grounder = VlmGrounder(vlm, vlm, max_objects=3)
-    assert grounder.ground(np.zeros((224, 280, 3), np.uint8), "the red circle") == []
-    assert grounder.parse_failures == 1
+    found = grounder.ground(np.zeros((224, 280, 3), np.uint8), "the red circle")
+    assert [None if e is None else "box" for e in found] == entries
+    assert grounder.parse_failures == failures
 
 
 # ----------------------------------------------------------------------------------------------- light models

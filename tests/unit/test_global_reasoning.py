@@ -18,7 +18,7 @@ from safetensors.torch import load_file, save_file
 from omni_r1.config import GlobalReasoningParams
 from omni_r1.data.features import FeatureRecord, compute_features
 from omni_r1.models.processor import TINY_TOKENIZER, build_processor
-from omni_r1.systems.answer import AnswerParseError, MissingTags
+from omni_r1.systems.answer import AnswerParseError, MissingTags, OutOfRange
 from omni_r1.systems.global_reasoning import (
     TINY_CHECKPOINT,
     GlobalReasoner,
@@ -223,7 +223,12 @@ def test_select_parses_with_the_clip_facts(reasoner, record, monkeypatch) -> Non
     assert isinstance(selection, KeyframeSelection)
     assert selection.frames == (1, 2, 3, 4, 5)  # 00:03.00 is frame 6, clipped to the last of 6
     assert [k.frame for k in selection.keyframes] == [1, 2, 3, 4]  # max_keyframes
-    [clipped] = reasoner.select(record, "the red circle", num_frames=5)  # the 5 real frames
+    # With the 5 real frames the stated duration is 5 / 2 = 2.5 s (official: unpadded frames / 2), so a
+    # moment ending at 3.0 s is not kept, and one ending at 2.5 s (frame 5) is clipped to the last frame.
+    [late] = reasoner.select(record, "the red circle", num_frames=5)
+    assert isinstance(late, OutOfRange)
+    answer = answer.replace("00:03.00", "00:02.50")
+    [clipped] = reasoner.select(record, "the red circle", num_frames=5)
     assert clipped.frames == (1, 2, 3, 4)
 
 

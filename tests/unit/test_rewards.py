@@ -90,7 +90,8 @@ def rollout(text: str, boxes: dict[int, list[Box]] | None = None, masks: np.ndar
     if prompts and system2_ran:
         boxes = boxes or {}
         count = sum(len(b) for b in boxes.values())
-        segment = SegmentResult(high, np.repeat(high[None], count, axis=0), {k: v for k, v in boxes.items() if v})
+        segment = SegmentResult(high, np.repeat(high[None], count, axis=0), {k: v for k, v in boxes.items() if v},
+                                entries={k: tuple(v) for k, v in boxes.items()})
     return Rollout(text, selection, None if selection is not None else parsed, prompts, segment, high)
 
 
@@ -122,9 +123,9 @@ def test_perfect_answer_scores_every_component_at_its_maximum() -> None:
     assert tuple(b.components) == REVOS_COLUMNS == reward_columns("revos")
     # parse: 4 objects x 0.6 = 2.4; mask ratios 4 x 1; cumulated (2.4 + 4) / 4 = 1.6; num 4 x 0.4 = 1.6
     close(b.components, {"format": 1, "objects": 4, "parse": 2.4, "mask_ratio": 4, "cumulated": 1.6, "overlap": 0,
-                         "num": 1.6, "saliency": 1, "grounding": 1, "object_penalty": 0, "segmentation": 1,
-                         "length": 0})
-    # R_acc = 1.6 + 1 (1.6 + 0) + 0 x 1 + 1 x 1 + 0 + 2 x 1 = 6.2; total = 1 x 1 + 6.2
+                         "num": 1.6, "saliency": 16 / (16 + 1e-6), "grounding": 1, "object_penalty": 0,
+                         "segmentation": 1, "length": 0})  # the official saliency ratio has + 1e-6 below
+    # R_acc = 1.6 + 1 (1.6 + 0) + 0 x saliency + 1 x 1 + 0 + 2 x 1 = 6.2; total = 1 x 1 + 6.2
     assert b.components["accuracy"] == pytest.approx(6.2)
     assert b.total == pytest.approx(7.2)
 
@@ -141,11 +142,12 @@ def test_partially_overlapping_moments_pay_length_and_repeat_penalties() -> None
 def test_target_absent_in_the_chosen_frames() -> None:
     text = completion((3.0, 3.0), (3.5, 3.5))  # frames 6 and 7, where A is absent
     b = one(rollout(text, {}, None), make_sample(A))
-    # segmentation: J 0 on frames 0-5 (truth, no prediction), 1 on frames 6-7 (both empty) -> 2 / 8
+    # System 2 found no box: as the official code, SAM2 is not asked and R_G is 0, not the 2 / 8 of frames
+    # where target and prediction are both empty -- grounding nothing earns no segmentation reward.
     close(b.components, {"parse": 1.2, "mask_ratio": 0, "cumulated": 0.6, "overlap": 0, "num": 0.8, "saliency": 0,
-                         "grounding": 0, "object_penalty": 0, "segmentation": 0.25})
-    assert b.components["accuracy"] == pytest.approx(0.6 + 0.8 + 2 * 0.25)
-    assert b.failure is None  # System 2 ran and found nothing: a result, not a failure
+                         "grounding": 0, "object_penalty": 0, "segmentation": 0})
+    assert b.components["accuracy"] == pytest.approx(0.6 + 0.8)
+    assert b.failure == "no_valid_box"  # counted, so a run can see how often its grounder finds nothing
 
 
 def test_mask_ratio_and_saliency_are_per_object_and_frame() -> None:
@@ -211,9 +213,10 @@ def test_more_boxes_than_objects_are_penalised_and_ignored_for_r_a() -> None:
     far = Box(20, 20, 30, 30)
     boxes = {**PERFECT_BOXES, 0: [BOX_A, far, far]}
     b = one(rollout(PERFECT_TEXT, boxes, upsample(A)), make_sample(A))
-    # 2 extra boxes on 1 of 4 keyframes, K = 1: -0.5 x 2 / (1 x 4); only the first K boxes are matched
-    close(b.components, {"object_penalty": -0.25, "grounding": 1})
-    assert b.components["accuracy"] == pytest.approx(6.2 - 0.25)
+    # 2 extra boxes on 1 of 4 keyframes, K = 1: -0.5 x 2 / ((1 + 1e-6) x 4), the official epsilon; only the
+    # first K boxes are matched
+    close(b.components, {"object_penalty": -0.25 / (1 + 1e-6), "grounding": 1})
+    assert b.components["accuracy"] == pytest.approx(6.2 - 0.25 / (1 + 1e-6))
 
 
 def test_hungarian_matching_pairs_boxes_with_their_objects() -> None:
@@ -326,7 +329,8 @@ def test_refavs_iou_of_the_first_box_on_frame_zero() -> None:
     assert perfect.components["iou"] == pytest.approx(1) and perfect.failure is None
     assert perfect.total == pytest.approx(2.0)
     assert partial.components["accuracy"] == pytest.approx(0.5)  # 4x8 inside 8x8, +1 convention
-    assert (empty.components["accuracy"], empty.failure) == (0.25, "no_box")
+    # No box: the official dummy box, IoU 0 against a true box (refavs_empty_reward is for an empty answer)
+    assert (empty.components["accuracy"], empty.failure) == (0.0, "no_box")
     assert (unparsed.components["accuracy"], unparsed.failure) == (0.25, "missing_tags")
     assert (crashed.components["accuracy"], crashed.failure) == (0.25, "system2_error")
 

@@ -8,6 +8,8 @@ scores completions by their length. The real reward and detail code is exercised
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import dataclasses
 import json
 from collections.abc import Sequence
@@ -52,13 +54,15 @@ class FixedBoxSegmenter:
     def segment(self, frames: np.ndarray, prompts: Sequence[KeyframePrompt]) -> SegmentResult:
         return self.segment_batch(frames, [prompts])[0]
 
-    def segment_batch(self, frames: np.ndarray, prompt_sets: Sequence[Sequence[KeyframePrompt]]) -> list[SegmentResult]:
+    def segment_batch(self, frames: np.ndarray, prompt_sets: Sequence[Sequence[KeyframePrompt]],
+                      boxes_per_keyframe: int | None = None) -> list[SegmentResult]:
         self.calls += len(prompt_sets)
         t, h, w = frames.shape[:3]
         masks = np.zeros((t, h, w), bool)
         masks[:, h // 4 : 3 * h // 4, w // 4 : 3 * w // 4] = True
         box = Box(w / 4, h / 4, 3 * w / 4 - 1, 3 * h / 4 - 1)
-        return [SegmentResult(masks, masks[None], {p.frame: [box] for p in prompts}) for prompts in prompt_sets]
+        return [SegmentResult(masks, masks[None], {p.frame: [box] for p in prompts},
+                              entries={p.frame: (box,) for p in prompts}) for prompts in prompt_sets]
 
 
 def length_reward_double(rollouts: Sequence[Rollout], sample: Sample, params, *, task, num_frames, fps, duration,
@@ -184,6 +188,7 @@ def test_all_equal_groups_are_dropped_and_nothing_updates(params, items, tmp_pat
     def constant(rollouts, sample, p, **kwargs):
         return [RewardBreakdown({c: 0.5 for c in reward_columns("revos")}, 0.5) for _ in rollouts]
 
+    params = replace(params, train=replace(params.train, drop_equal_groups=True))  # ours; official keeps them
     trainer = _trainer(params, items, tmp_path, reward_fn=constant)
     before = trainable_parameters(trainer.reasoner.model)
     values = trainer.train_step()

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Sequence
 
 import torch
 
@@ -43,6 +43,17 @@ def task_of(sample: Sample) -> Task:
     return "refavs" if sample.meta.get("dataset") == "refavs" else "revos"
 
 
+def trains_on(exp_type: str, *, include_null: bool) -> bool:
+    """Whether GRPO draws an expression of this type: the official loader skips expressions with no target
+    object (ReVOS null expressions); ``train.include_null`` keeps them."""
+    return include_null or exp_type != "null"
+
+
+def training_items(items: Sequence[PromptItem], *, include_null: bool) -> list[PromptItem]:
+    """The prompts GRPO trains on (``trains_on`` per item, by its ``exp_type``)."""
+    return [i for i in items if trains_on(str(i.sample.meta.get("exp_type", "")), include_null=include_null)]
+
+
 def load_prompt_items(shard_dir: Path, features_dir: Path, split: str, reasoner: GlobalReasoner,
                       *, seed: int = 0) -> list[PromptItem]:
     """Every sample of ``split`` in the verified shards, with its cached features, in manifest order."""
@@ -61,13 +72,14 @@ def load_prompt_items(shard_dir: Path, features_dir: Path, split: str, reasoner:
 def build_item(sample: Sample, record: FeatureRecord, reasoner: GlobalReasoner, *, seed: int) -> PromptItem:
     """Prompt text and model inputs for one sample (audio when the sample has it)."""
     task = task_of(sample)
-    prompt = reasoner.prompt_for(record, sample.expression, task=task, seed=seed)
+    num_frames = len(sample.frame_indices)
+    prompt = reasoner.prompt_for(record, sample.expression, task=task, seed=seed, num_frames=num_frames)
     return PromptItem(
         sample=sample,
         record=record,
         inputs=reasoner.build_inputs(record, prompt),
         task=task,
-        duration=reasoner.clip_seconds(record),
+        duration=reasoner.clip_seconds(record, num_frames),
         fps=reasoner.sample_fps(record),
     )
 

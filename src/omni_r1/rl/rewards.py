@@ -1,5 +1,12 @@
 """Omni-R1's hierarchical rewards (spec section 2) as small pure functions with named components.
 
+They follow the official code term by term (aim-uofa/Omni-R1 at 1de42f8: ``src/omni_r1/reward.py``
+``vos_reward``/``handle_rewards``/``refavs_reward``, ``load_datasets/revos.py``
+``time_reward_multi_time``/``grounding2sam_process_reward``, ``load_datasets/refavs.py``);
+``tests/unit/test_official_oracle.py`` holds an oracle written from those files and checks that
+both agree to 1e-9. Where we knowingly differ, a parameter switches (listed in the README's
+Fidelity section).
+
 R = format_weight * R_format + R_acc (+ a length bonus across the batch). On a video (``revos``):
 
 - parse terms: 0.2 per ``{...}`` object (J), +0.2 per object whose start, end and description parse,
@@ -16,21 +23,27 @@ R = format_weight * R_format + R_acc (+ a length bonus across the batch). On a v
   0.4 (7 - u). We keep the code's form 2 K0 - 1 rather than K0 + 3: both give 7 at K0 = 4, but
   K0 + 3 would pay more for K0 + 1 frames than for K0 when K0 < 3; 2 K0 - 1 always drops by 0.8
   one frame past the target.
+- The grounding terms below count only when System 2's grounder gave at least one valid box among
+  the first K entries of some keyframe (K = number of target objects): the official code then
+  asks SAM2 and adds them; otherwise (no valid box, or System 2 failed) R_acc is cumulated +
+  alpha_k (num + overlap) and they are all 0 -- grounding nothing earns no R_G.
 - ``saliency`` (R_saliency): mean over keyframes of the true area (objects' areas summed, as the
-  official code sums its object masks) over the largest such area on the sampled frames; 0 when
-  the target never shows.
-- ``grounding`` (R_A): per keyframe the first K boxes of System 2 (K = number of target objects)
-  are matched to the objects with a true box there by the Hungarian algorithm on box IoU
-  (+1-pixel convention, ``eval.metrics.box_iou_pixels``); the mean IoU over all (object,
-  keyframe) pairs with a true box, an unmatched object counting 0; 0 when there is no such pair.
-- ``object_penalty``: -0.5 x (boxes beyond K, summed over keyframes) / (max(K, 1) x keyframes),
-  the official ``object_num_mismatch`` (K = 0, a null expression, is normalised by 1, not by
-  the official 1e-6, which would make one stray box cost 500 000).
+  official code sums its object masks) over (the largest such area on the sampled frames + 1e-6).
+- ``grounding`` (R_A): per keyframe the first K grounder entries (an invalid entry is a box that
+  overlaps nothing) are matched to the K objects by the Hungarian algorithm on box IoU
+  (+1-pixel convention, ``eval.metrics.box_iou_pixels``); the mean matched IoU over the (object,
+  keyframe) pairs with a true box, 0 when there is no such pair. With
+  ``rewards.zero_iou_at_left_edge`` a true box starting at x = 0 scores 0 (the official check).
+- ``object_penalty``: -0.5 x (entries beyond K, summed over keyframes) / ((K + 1e-6) x keyframes),
+  the official ``object_num_mismatch`` with its 1e-6; K = 0 (a null expression, which the official
+  loader never trains on) is normalised by 1, where the official 1e-6 would make one stray box cost
+  500 000.
 - ``segmentation`` (R_G): mean over the sampled frames of J (``eval.metrics.region_j``) between
   System 2's union mask and the union of the true masks, empty-empty = 1. System 2's masks are
   at the high-res frame size; they are resized to the truth's displayed size with nearest
   neighbours (``masks_to_native``, the same step the predictions take at evaluation), so the
-  truth is never resampled.
+  truth is never resampled. For a null expression (K = 0, our extension: the official loader skips
+  them) there is no first-K entry, so R_G counts whenever System 2 ran: 1 per frame it leaves empty.
 - ``accuracy`` (R_acc) = cumulated + alpha_k (num + overlap) + alpha_k_ratio saliency
   + alpha_a grounding + object_penalty + alpha_g segmentation; with ``cumulated_fallback``,
   R_acc = cumulated whenever everything after cumulated sums to <= 0.
@@ -39,9 +52,10 @@ True boxes come from the true masks at the displayed size (inclusive pixel corne
 to System 2's high-res frame pixels by edges: pixel x covers [x, x + 1) displayed, so the box
 [x1, x2] becomes [x1 sx, (x2 + 1) sx - 1], which scales its +1-convention width by exactly sx.
 
-On RefAVS the reward is the IoU of System 2's first box on frame 0 with the true box there. No
-box (or no usable answer) scores ``params.refavs_empty_reward`` and is flagged; on a frame whose
-truth is empty, giving no box is right (1.0) and giving one is wrong (0.0).
+On RefAVS the reward is the IoU of System 2's first entry on frame 0 with the true box there. An
+empty answer scores ``params.refavs_empty_reward`` (official: 0) and is flagged; no valid first
+entry counts as the official dummy box: 1.0 when the truth on frame 0 is empty too, else 0 (flagged
+``no_box``); a box on a frame whose truth is empty is wrong (0.0).
 
 A breakdown never hides a failure: an answer that did not parse keeps the spec's defined reward and
 carries the parse error's ``code``; a System 2 that produced nothing for chosen keyframes is flagged
@@ -74,6 +88,7 @@ LENGTH_STEP = 0.2  # length term min(0, (1 - frames) * 0.2)
 REPEAT_PENALTY = 0.5  # per repeated frame
 NUM_STEP = 0.4  # R_num per frame
 MISMATCH_WEIGHT = 0.5  # object_num_mismatch scale
+OFFICIAL_EPS = 1e-6  # the official code's epsilon in the saliency ratio and the object-count penalty
 
 REVOS_COLUMNS: tuple[str, ...] = (
     "format", "objects", "parse", "mask_ratio", "cumulated", "overlap", "num", "saliency",
@@ -84,6 +99,7 @@ REFAVS_COLUMNS: tuple[str, ...] = ("format", "iou", "accuracy", "length")
 SYSTEM2_ERROR = "system2_error"  # keyframes were chosen but System 2 returned nothing
 NO_KEYFRAMES = "no_keyframes"  # a parsed video answer that grounds no frame
 NO_BOX = "no_box"  # RefAVS: System 2 found no box where the target shows
+NO_VALID_BOX = "no_valid_box"  # video: no valid box among the first K grounder entries of any keyframe
 
 
 class RewardError(ValueError):
@@ -188,15 +204,12 @@ def num_reward(distinct_frames: int, target: int) -> float:
 
 
 def saliency_reward(keyframes: Sequence[int], objects: np.ndarray) -> float:
-    """Mean over keyframes of the true area (objects summed) over the largest such area on the sampled frames.
-
-    objects: (K, T, H, W) bool. 0 when there is no keyframe or the target never shows.
-    """
+    """Mean over keyframes of the true area (objects summed) over (the largest such area on the sampled
+    frames + 1e-6), the official ratio. objects: (K, T, H, W) bool. 0 when there is no keyframe."""
     areas = objects.sum(axis=(0, 2, 3)).astype(np.float64) if objects.shape[0] else np.zeros(objects.shape[1])
-    largest = areas.max() if areas.size else 0.0
-    if not keyframes or largest <= 0:
+    if not keyframes or not areas.size:
         return 0.0
-    return float(np.mean(areas[list(keyframes)] / largest))
+    return float(np.mean(areas[list(keyframes)] / (areas.max() + OFFICIAL_EPS)))
 
 
 def mask_box(mask: np.ndarray, size: tuple[int, int]) -> tuple[float, float, float, float] | None:
@@ -216,35 +229,61 @@ def _box_array(boxes: Sequence[Box]) -> np.ndarray:
     return np.array([[b.x1, b.y1, b.x2, b.y2] for b in boxes], dtype=np.float64).reshape(-1, 4)
 
 
-def grounding_reward(boxes: dict[int, list[Box]], keyframes: Sequence[int], truth: SampleTruth) -> float:
+Entries = dict[int, Sequence[Box | None]]  # per keyframe, the grounder's entries in answer order
+
+
+def first_entries(entries: Entries, frame: int, k: int) -> list[Box | None]:
+    """The first ``k`` entries of ``frame``, padded with ``None`` (the official dummy box) to ``k``."""
+    found = list(entries.get(frame, ()))[:k]
+    return found + [None] * (k - len(found))
+
+
+def has_valid_box(entries: Entries, keyframes: Sequence[int], k: int) -> bool:
+    """The official ``has_valid_bbox``: some keyframe has a valid box among its first K entries."""
+    return any(box is not None for frame in keyframes for box in first_entries(entries, frame, k))
+
+
+def grounding_reward(
+    entries: Entries, keyframes: Sequence[int], truth: SampleTruth, *, zero_at_left_edge: bool = False
+) -> float:
     """R_A: mean matched box IoU over (object, keyframe) pairs with a true box; NaN when a box is not finite.
 
-    On each keyframe the first K boxes (K = number of target objects) are matched to the objects that
-    show there by the Hungarian algorithm (maximum total IoU); an unmatched object scores 0.
+    On each keyframe the first K entries (K = number of target objects; an invalid entry overlaps
+    nothing) are matched to the K objects by the Hungarian algorithm (maximum total IoU). With
+    ``zero_at_left_edge`` a true box whose x1 is 0 scores 0, as the official ``gt_box[0] > 0`` check does.
     """
     total, pairs = 0.0, 0
     for frame in keyframes:
-        shown = [k for k in range(truth.num_objects) if truth.true_box(k, frame) is not None]
+        true_boxes = [truth.true_box(k, frame) for k in range(truth.num_objects)]
+        shown = [k for k, box in enumerate(true_boxes) if box is not None]
         if not shown:
             continue
         pairs += len(shown)
-        predicted = _box_array(boxes.get(frame, [])[: truth.num_objects])
-        if not len(predicted):
-            continue
-        if not np.isfinite(predicted).all():
-            return math.nan  # a non-finite box: RewardError names the component, never a silent IoU of 0
-        ious = box_iou_pixels(np.array([truth.true_box(k, frame) for k in shown]), predicted)
+        ious = np.zeros((truth.num_objects, truth.num_objects))
+        for col, box in enumerate(first_entries(entries, frame, truth.num_objects)):
+            if box is None:
+                continue
+            predicted = _box_array([box])
+            if not np.isfinite(predicted).all():
+                return math.nan  # a non-finite box: RewardError names the component, never a silent IoU of 0
+            for row in shown:
+                true_box = true_boxes[row]
+                assert true_box is not None
+                if not (zero_at_left_edge and true_box[0] <= 0):
+                    ious[row, col] = float(box_iou_pixels(np.array(true_box), predicted)[0, 0])
         rows, cols = linear_sum_assignment(ious, maximize=True)
-        total += float(ious[rows, cols].sum())
+        total += float(sum(ious[r, c] for r, c in zip(rows, cols) if r in shown))
     return total / pairs if pairs else 0.0
 
 
-def object_penalty(boxes: dict[int, list[Box]], keyframes: Sequence[int], num_objects: int) -> float:
-    """-0.5 x boxes beyond K summed over keyframes / (max(K, 1) x keyframes); 0 when no keyframe has extra."""
+def object_penalty(entries: Entries, keyframes: Sequence[int], num_objects: int) -> float:
+    """-0.5 x entries beyond K summed over keyframes / ((K + 1e-6) x keyframes), the official
+    ``object_num_mismatch``; K = 0 is normalised by 1. 0 when no keyframe has extra entries."""
     if not keyframes:
         return 0.0
-    extra = sum(max(0, len(boxes.get(frame, [])) - num_objects) for frame in keyframes)
-    return -MISMATCH_WEIGHT * extra / (max(num_objects, 1) * len(keyframes))
+    extra = sum(max(0, len(entries.get(frame, ())) - num_objects) for frame in keyframes)
+    scale = num_objects + OFFICIAL_EPS if num_objects else 1.0
+    return -MISMATCH_WEIGHT * extra / scale / len(keyframes)
 
 
 def segmentation_reward(pred_masks: np.ndarray, true_union: np.ndarray) -> float:
@@ -310,15 +349,19 @@ def revos_reward(rollout: Rollout, truth: SampleTruth, params: RewardParams) -> 
     c["overlap"] = overlap_term(moments)
     c["num"] = num_reward(len({f for m in moments for f in m.frames}), params.target_keyframes)
     keyframes = [k.frame for k in selection.keyframes]
-    c["saliency"] = saliency_reward(keyframes, truth.objects)
 
     failure = _system2_failure(rollout, selection)
     if failure is None:
         assert rollout.segment is not None
-        boxes = rollout.segment.boxes
-        c["grounding"] = grounding_reward(boxes, keyframes, truth)
-        c["object_penalty"] = object_penalty(boxes, keyframes, truth.num_objects)
-        c["segmentation"] = segmentation_reward(rollout.masks, truth.union)
+        entries = rollout.segment.entries
+        if truth.num_objects == 0 or has_valid_box(entries, keyframes, truth.num_objects):
+            c["saliency"] = saliency_reward(keyframes, truth.objects)
+            c["grounding"] = grounding_reward(entries, keyframes, truth,
+                                              zero_at_left_edge=params.zero_iou_at_left_edge)
+            c["object_penalty"] = object_penalty(entries, keyframes, truth.num_objects)
+            c["segmentation"] = segmentation_reward(rollout.masks, truth.union)
+        else:
+            failure = NO_VALID_BOX
     c["accuracy"] = accuracy_reward(c, params)
     return _breakdown(c, params, failure)
 
@@ -341,16 +384,14 @@ def refavs_reward(rollout: Rollout, truth: SampleTruth, params: RewardParams) ->
     if rollout.segment is None:
         c["accuracy"] = params.refavs_empty_reward
         return _breakdown(c, params, SYSTEM2_ERROR)
-    boxes = rollout.segment.boxes.get(0, [])
+    [box] = first_entries(rollout.segment.entries, 0, 1)
     union = truth.union[0] if truth.num_frames else None
     true_box = mask_box(union, truth.high_res) if union is not None else None
-    if not boxes:
-        if true_box is None:
-            c["accuracy"] = 1.0  # nothing to find and nothing found
-            return _breakdown(c, params, None)
-        c["accuracy"] = params.refavs_empty_reward
-        return _breakdown(c, params, NO_BOX)
-    first = _box_array(boxes[:1])
+    if box is None:  # the official dummy box: IoU 1 against an empty truth (a dummy too), else 0
+        c["iou"] = 1.0 if true_box is None else 0.0
+        c["accuracy"] = c["iou"]
+        return _breakdown(c, params, None if true_box is None else NO_BOX)
+    first = _box_array([box])
     if not np.isfinite(first).all():
         c["iou"] = math.nan  # reaches the finiteness check by name; box_iou_pixels would score it 0
     elif true_box is not None:

@@ -29,7 +29,7 @@ from omni_r1.fileio import atomic_write_text
 from omni_r1.models.processor import build_processor
 from omni_r1.rl.engine import build_engine
 from omni_r1.rl.heldout import evaluate_policy
-from omni_r1.rl.prompts_data import PromptItem, load_prompt_items
+from omni_r1.rl.prompts_data import PromptItem, load_prompt_items, training_items
 from omni_r1.rl.trainer import GRPOTrainer, check_train_params, log_columns
 from omni_r1.rl.warm_start import warm_start
 from omni_r1.systems.collaboration import SegmentCache
@@ -65,7 +65,8 @@ def train_seed(params: Params, seed: int, paths: RunPaths, segmenter: Segmenter,
     train = params.train
     torch.manual_seed(seed)
     reasoner = build_reasoner(params, seed)
-    items = load_prompt_items(paths.shards, paths.features, train.split, reasoner)
+    items = training_items(load_prompt_items(paths.shards, paths.features, train.split, reasoner),
+                           include_null=train.include_null)
     heldout = load_prompt_items(paths.shards, paths.features, train.eval_split, reasoner, seed=10_000)
     check_train_params(train, items)
     cache: SegmentCache = {}

@@ -231,6 +231,8 @@ class GRPOTrainer:
         rollouts, _ = rollouts_from_completions(
             item.sample, completions, self.segmenter, task=item.task, duration=item.duration, fps=item.fps,
             max_keyframes=self.reasoner.params.max_keyframes, cache=self.segment_cache,
+            # The official first-K rule: System 2 prompts with at most K boxes per keyframe, K the target count.
+            boxes_per_keyframe=len(item.sample.masks.objects),
         )
         return Group(item, group.completion_ids, group.mask, rollouts)
 

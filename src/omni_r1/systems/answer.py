@@ -1,27 +1,37 @@
-"""Parsing the two systems' answers into typed records; a malformed answer is a typed error, never a crash.
+r"""Parsing the two systems' answers into typed records, as the official Omni-R1 reward code reads them.
 
-System 1 (spec section 1) answers ``<think>...</think>`` then ``<answer>...</answer>``. On a video
-the answer holds one JSON object per chosen moment::
+System 1 (spec section 1) answers ``<think>...</think>`` then ``<answer>...</answer>``. The
+official code (aim-uofa/Omni-R1 at 1de42f8, ``src/omni_r1/reward.py`` ``extract_answer`` and
+``load_datasets/revos.py`` ``time_reward_multi_time``) reads it like this, and so do we:
 
-    {"start_time": "mm:ss.ff", "end_time": "mm:ss.ff", "description": "..."}
+- the answer is the text between the first ``<answer>`` and the next ``</answer>`` (stripped); no
+  ``<think>`` is needed here, the format reward judges the whole completion;
+- every ``{...}`` up to the first closing brace (the regex ``({[\s\S]*?})``) is one object, J of
+  them; an object counts as *parsed* when it decodes as JSON, its ``start_time`` and ``end_time``
+  are strings that *start* with ``(\d+):(\d+)\.(\d+)`` and it has a ``description`` (any value
+  but null, the empty string included);
+- t = mm * 60 + ss + ff * 10 / 1000 seconds with ff read as an integer whatever its digit count
+  (``00:01.500`` is 6 s, ``0:02.5`` is 2.05 s), computed in floats as the official code does;
+- a parsed moment is *kept* when ``start <= end <= duration`` (duration = sampled frames / 2);
+  it chooses frames ``min(int(t * fps), frames - 1)`` from start to end;
+- the first ``max_keyframes`` distinct chosen frames, ascending, are grounded, each with the
+  description of the first kept moment that contains it.
 
-Extraction is lenient: the objects may sit in a JSON list or be separated by commas or new lines,
-and every balanced ``{...}`` counts as one object (J). Validation is strict: both times must be
-strings ``mm:ss.ff`` (two digits each, seconds below 60), the description a non-empty string with
-no special-token look-alikes. t = mm * 60 + ss + ff / 100; a moment is kept when
-``start <= end <= duration``; it chooses frames ``int(t * fps)`` from start to end, clipped to the
-last frame. The first ``max_keyframes`` distinct chosen frames, ascending, are grounded, each with
-the description of the first kept moment that contains it. On RefAVS the answer is one rewritten
-description, grounded on frame 0.
+On RefAVS the whole answer text is the rewritten description, grounded on frame 0.
 
 System 2 answers in Qwen2.5-VL's grounding format, a JSON list of
-``{"bbox_2d": [x1, y1, x2, y2], "label": ...}`` in resized-image pixels, often inside a fenced
-code block. ``parse_boxes`` checks, clips and scales the boxes back to original pixels.
+``{"bbox_2d": [x1, y1, x2, y2], "label": ...}`` in resized-image pixels. As the official
+``grounding2sam_process_reward`` does, every ``{...}`` of the answer is one *entry*; an entry
+that is not an object with a 4-element ``bbox_2d`` is kept as an invalid entry (``None``), so that
+the object-count penalty and the first-K rule count entries exactly as the official code does.
+Where we knowingly differ: a ``bbox_2d`` of 4 numbers that is not finite, is inverted or lies
+outside the image is an invalid entry too (the official code would pass it to the IoU and to SAM),
+and boxes are clipped to the image.
 
-Every failure raises a subclass of ``AnswerParseError`` carrying a short ``code`` to count by,
-the reason, an excerpt of the completion and, for System 1, the object counts the format terms of
-the reward still need (J and how many objects parsed). ``try_parse`` and ``try_parse_boxes``
-return the error instead of raising it.
+Every failure of System 1's answer raises a subclass of ``AnswerParseError`` carrying a short
+``code`` to count by, the reason, an excerpt of the completion and the object counts the format
+terms of the reward still need (J and how many objects parsed). ``try_parse`` returns the error
+instead of raising it.
 """
 
 from __future__ import annotations
@@ -29,21 +39,19 @@ from __future__ import annotations
 import json
 import math
 import re
-from fractions import Fraction
 from typing import Any, ClassVar, Literal
 
-from omni_r1.systems.prompts import ANSWER_CLOSE, ANSWER_OPEN, THINK_CLOSE, THINK_OPEN
+from omni_r1.systems.prompts import ANSWER_CLOSE, ANSWER_OPEN
 from omni_r1.types import Box, Keyframe, KeyframeSelection, Moment
 
 Task = Literal["revos", "refavs"]
 
 # The format reward's pattern (dot matches newline), matched against the whole completion.
 FORMAT_PATTERN = re.compile(r"<think>.*?</think>\s*<answer>.*?</answer>", re.DOTALL)
-_BLOCKS = re.compile(r"<think>(.*?)</think>\s*<answer>(.*?)</answer>", re.DOTALL)
-_TIME = re.compile(r"(\d{2}):(\d{2})\.(\d{2})")
-_FENCE = re.compile(r"```(?:json)?\s*(.*?)```", re.DOTALL | re.IGNORECASE)
-_FORBIDDEN_IN_DESCRIPTION = ("<|", "|>", THINK_OPEN, THINK_CLOSE, ANSWER_OPEN, ANSWER_CLOSE)
-MAX_DESCRIPTION_CHARS = 300
+# The official extract_answer, object and time patterns (reward.py, load_datasets/revos.py at 1de42f8).
+_ANSWER = re.compile(r"<answer>\s*(.*?)\s*</answer>", re.DOTALL)
+_OBJECT = re.compile(r"({[\s\S]*?})")
+_TIME = re.compile(r"(\d+):(\d+)\.(\d+)")
 _EXCERPT_CHARS = 80
 
 
@@ -99,18 +107,6 @@ class OutOfRange(AnswerParseError):
     code = "out_of_range"
 
 
-class BadBoxes(AnswerParseError):
-    """A grounding answer that is not a JSON list of box objects."""
-
-    code = "bad_boxes"
-
-
-class InvalidBox(AnswerParseError):
-    """A grounding box that is non-numeric, non-finite, negative, inverted or outside the image."""
-
-    code = "invalid_box"
-
-
 def excerpt(text: str) -> str:
     """The start and end of ``text``, short enough for a log line."""
     text = str(text)
@@ -127,21 +123,41 @@ def matches_format(completion: str) -> bool:
     return FORMAT_PATTERN.fullmatch(completion) is not None
 
 
-def parse_seconds(stamp: str) -> int | None:
-    """``mm:ss.ff`` as whole hundredths of a second, or None when it is not that format."""
-    match = _TIME.fullmatch(stamp.strip())
+def parse_seconds(stamp: Any) -> float | None:
+    """The official time of a ``start_time``/``end_time`` value in seconds, or None when it does not parse.
+
+    The value must be a string that starts with ``(\\d+):(\\d+)\\.(\\d+)`` (a prefix match, as
+    ``re.match``); t = mm * 60 + ss + ff * 10 / 1000 in floats, ff read as an integer.
+    """
+    if not isinstance(stamp, str):
+        return None
+    match = _TIME.match(stamp)
     if match is None:
         return None
-    minutes, seconds, hundredths = (int(g) for g in match.groups())
-    if seconds >= 60:
-        return None
-    return (minutes * 60 + seconds) * 100 + hundredths
+    minutes, seconds, fraction = (int(g) for g in match.groups())
+    return minutes * 60 + seconds + fraction * 10 / 1000
 
 
-def frame_index(hundredths: int, fps: float, num_frames: int) -> int:
-    """``int(t * fps)`` for t in hundredths of a second, clipped to the last frame; exact, no float rounding."""
-    frame = math.floor(Fraction(hundredths, 100) * Fraction(str(fps)))
-    return min(max(frame, 0), num_frames - 1)
+def frame_index(seconds: float, fps: float, num_frames: int) -> int:
+    """``min(int(t * fps), num_frames - 1)``: the official frame of a time, in floats as the official code."""
+    return min(int(seconds * fps), num_frames - 1)
+
+
+def extract_answer(completion: str) -> str | None:
+    """The official ``extract_answer``: the stripped text of the first ``<answer>...</answer>``, None without one."""
+    match = _ANSWER.search(completion)
+    return match.group(1).strip() if match is not None else None
+
+
+def object_spans(text: str) -> list[str]:
+    """Every ``{...}`` of ``text`` up to its first closing brace: the official ``({[\\s\\S]*?})`` objects (J)."""
+    # The same matches as ``_OBJECT.findall(text)`` in linear time: the regex retries every "{" up to the
+    # end of an answer with no closing brace, which is quadratic (100 000 braces: minutes).
+    spans, position = [], 0
+    while (start := text.find("{", position)) >= 0 and (end := text.find("}", start + 1)) >= 0:
+        spans.append(text[start : end + 1])
+        position = end + 1
+    return spans
 
 
 def parse_selection(
@@ -149,15 +165,15 @@ def parse_selection(
 ) -> KeyframeSelection:
     """System 1's video answer as a ``KeyframeSelection``; raises an ``AnswerParseError`` subclass.
 
-    ``duration`` is the clip length the prompt stated (seconds), ``num_frames`` the sampled frame
-    count (chosen frames are clipped to ``num_frames - 1``), ``fps`` the rate frames are treated as.
+    ``duration`` is the clip length the prompt stated (seconds; sampled frames / 2 in the paper),
+    ``num_frames`` the sampled frame count (chosen frames are clipped to ``num_frames - 1``), ``fps``
+    the rate frames are treated as.
     """
     _check_clip(duration, num_frames, fps, max_keyframes)
-    answer = _answer_block(completion)
+    answer = _answer_text(completion)
     spans = object_spans(answer)
     if not spans:
-        kind = BadJson if "{" in answer else NoMoments
-        raise kind("the answer holds no complete {...} object", completion)
+        raise NoMoments("the answer holds no {...} object", completion)
     decoded = [_decode(span) for span in spans]
     moments = tuple(m for obj in decoded if (m := _moment(obj, duration, num_frames, fps)) is not None)
     counts = {"objects_found": len(spans), "objects_parsed": len(moments)}
@@ -183,22 +199,12 @@ def parse_selection(
 
 
 def parse_rewrite(completion: str) -> KeyframeSelection:
-    """System 1's RefAVS answer: one rewritten description, grounded on frame 0.
+    """System 1's RefAVS answer: the whole answer text is the rewritten description, grounded on frame 0.
 
-    The answer may be the bare description, a JSON string, or a JSON object with a
-    ``description`` field. There are no moment objects, so ``objects_found`` is 0.
+    There are no moment objects, so ``objects_found`` is 0. An empty answer is ``EmptyAnswer`` (the
+    official code gives it 0 without asking System 2).
     """
-    answer = _answer_block(completion).strip()
-    value: Any = answer
-    if answer[:1] in "{[\"":
-        value = _decode(answer, want_object=False)
-        if value is None:
-            raise BadJson("the answer looks like JSON but does not decode", completion)
-        if isinstance(value, dict):
-            value = value.get("description")
-    description = _description(value)
-    if description is None:
-        raise BadFields("the answer holds no usable description", completion)
+    description = _answer_text(completion)
     return KeyframeSelection(
         task="refavs",
         objects_found=0,
@@ -247,36 +253,6 @@ def try_parse(
         return error
 
 
-def object_spans(text: str) -> list[str]:
-    """Every balanced top-level ``{...}`` in ``text``, braces inside JSON strings ignored.
-
-    One linear pass, so a huge or deeply nested answer costs no more than its length.
-    """
-    spans: list[str] = []
-    depth, start, in_string, escaped = 0, 0, False, False
-    for i, ch in enumerate(text):
-        if depth == 0:
-            if ch == "{":
-                depth, start = 1, i
-            continue
-        if in_string:
-            if escaped:
-                escaped = False
-            elif ch == "\\":
-                escaped = True
-            elif ch == '"':
-                in_string = False
-        elif ch == '"':
-            in_string = True
-        elif ch == "{":
-            depth += 1
-        elif ch == "}":
-            depth -= 1
-            if depth == 0:
-                spans.append(text[start : i + 1])
-    return spans
-
-
 def _check_clip(duration: float, num_frames: int, fps: float, max_keyframes: int) -> None:
     # A caller's mistake, not a model's: raised as ValueError, never counted as a parse failure.
     if not (duration > 0 and num_frames >= 1 and fps > 0 and max_keyframes >= 1):
@@ -286,61 +262,53 @@ def _check_clip(duration: float, num_frames: int, fps: float, max_keyframes: int
         )
 
 
-def _answer_block(completion: str) -> str:
-    match = _BLOCKS.search(completion)
-    if match is None:
-        if THINK_CLOSE in completion and ANSWER_OPEN not in completion:
-            reason = "the reasoning ends without an <answer> block"
-        elif ANSWER_OPEN in completion and ANSWER_CLOSE not in completion:
+def _answer_text(completion: str) -> str:
+    answer = extract_answer(completion)
+    if answer is None:
+        if ANSWER_OPEN in completion and ANSWER_CLOSE not in completion:
             reason = "the <answer> block is never closed"
         else:
-            reason = "no <think>...</think> followed by <answer>...</answer>"
+            reason = "no <answer>...</answer> block"
         raise MissingTags(reason, completion)
-    answer = match.group(2)
-    if not answer.strip():
+    if not answer:
         raise EmptyAnswer("the <answer> block is empty", completion)
     return answer
 
 
-def _reject_constant(name: str) -> None:
-    raise ValueError(f"{name} is not a number JSON allows")
-
-
-def _decode(text: str, *, want_object: bool = True, allow_constants: bool = False) -> Any:
-    """``json.loads``, NaN/Infinity refused unless allowed; None when it fails (deep nesting included)."""
+def _decode(text: str) -> Any:
+    """``json.loads`` of one ``{...}``; None when it fails or is not an object (deep nesting included)."""
     try:
-        value = json.loads(text) if allow_constants else json.loads(text, parse_constant=_reject_constant)
+        value = json.loads(text)
     except (ValueError, RecursionError):
         return None
-    if want_object and not isinstance(value, dict):
-        return None
-    return value
+    return value if isinstance(value, dict) else None
 
 
-def _description(value: Any) -> str | None:
-    if not isinstance(value, str):
-        return None
-    text = " ".join(value.split())
-    if not text or len(text) > MAX_DESCRIPTION_CHARS or not text.isprintable():
-        return None
-    if any(marker in text for marker in _FORBIDDEN_IN_DESCRIPTION):
-        return None
-    return text
+def _description_text(value: Any) -> str:
+    """A description as text: a string as it is, any other JSON value as its JSON (the official code only
+    checks that the field is present and not null)."""
+    return value if isinstance(value, str) else json.dumps(value)
 
 
 def _moment(obj: Any, duration: float, num_frames: int, fps: float) -> Moment | None:
-    if not isinstance(obj, dict):
+    if not isinstance(obj, dict) or obj.get("description") is None:
         return None
     start_text, end_text = obj.get("start_time"), obj.get("end_time")
     if not (isinstance(start_text, str) and isinstance(end_text, str)):
         return None
-    start, end = parse_seconds(start_text), parse_seconds(end_text)
-    description = _description(obj.get("description"))
-    if start is None or end is None or description is None:
+    if _TIME.match(start_text) is None or _TIME.match(end_text) is None:
         return None
-    kept = start <= end <= duration * 100
+    description = _description_text(obj["description"])
+    try:
+        start, end = parse_seconds(start_text), parse_seconds(end_text)
+    except (ValueError, OverflowError):
+        # Digits past Python's int or float range: the official code counts the fields, then fails on the
+        # time, so the moment is parsed but never kept.
+        return Moment(start=math.inf, end=math.inf, description=description, kept=False)
+    assert start is not None and end is not None
+    kept = start <= end <= duration
     frames = tuple(range(frame_index(start, fps, num_frames), frame_index(end, fps, num_frames) + 1)) if kept else ()
-    return Moment(start=start / 100, end=end / 100, description=description, kept=kept, frames=frames)
+    return Moment(start=start, end=end, description=description, kept=kept, frames=frames)
 
 
 def _keyframes(moments: tuple[Moment, ...], max_keyframes: int) -> tuple[tuple[int, ...], tuple[Keyframe, ...]]:
@@ -356,80 +324,43 @@ def _keyframes(moments: tuple[Moment, ...], max_keyframes: int) -> tuple[tuple[i
 # ----------------------------------------------------------------------------------------------- System 2
 
 
-def parse_boxes(
+def parse_box_entries(
     answer: str, *, resized_size: tuple[int, int], original_size: tuple[int, int]
-) -> tuple[Box, ...]:
-    """System 2's grounding answer as boxes in original pixels; sizes are (width, height).
+) -> tuple[Box | None, ...]:
+    """System 2's grounding answer as one entry per ``{...}``, in answer order; sizes are (width, height).
 
-    Boxes are clipped to the resized image, then scaled by original / resized. Any entry that is
-    not ``{"bbox_2d": [4 finite numbers], "label": str}`` with ``0 <= x1 < x2`` and
-    ``0 <= y1 < y2`` (and some area inside the image) fails the whole answer with ``InvalidBox``.
-    An empty list is a valid answer: no boxes.
+    A valid entry (an object whose ``bbox_2d`` is 4 finite numbers with ``0 <= x1 < x2``, ``0 <= y1 <
+    y2`` and some area inside the image) becomes a ``Box``, clipped to the resized image and scaled by
+    original / resized; any other entry is ``None``. An answer with no ``{...}`` has no entries.
     """
     (rw, rh), (ow, oh) = resized_size, original_size
     if min(rw, rh, ow, oh) <= 0:
         raise ValueError(f"image sizes {resized_size} and {original_size} must be positive (width, height)")
-    entries = _box_entries(answer)
-    boxes = []
-    for index, entry in enumerate(entries):
-        x1, y1, x2, y2, label = _box_fields(entry, index, answer)
-        cx1, cy1, cx2, cy2 = min(x1, rw), min(y1, rh), min(x2, rw), min(y2, rh)
-        if not (cx1 < cx2 and cy1 < cy2):
-            raise InvalidBox(f"box {index} {[x1, y1, x2, y2]} lies outside the {rw}x{rh} image", answer)
-        sx, sy = ow / rw, oh / rh
-        boxes.append(Box(cx1 * sx, cy1 * sy, cx2 * sx, cy2 * sy, label))
-    return tuple(boxes)
+    return tuple(_entry_box(_decode(span), rw, rh, ow / rw, oh / rh) for span in object_spans(answer))
 
 
-def try_parse_boxes(
+def parse_boxes(
     answer: str, *, resized_size: tuple[int, int], original_size: tuple[int, int]
-) -> tuple[Box, ...] | AnswerParseError:
-    """``parse_boxes``, with a malformed answer returned as its error rather than raised."""
-    try:
-        return parse_boxes(answer, resized_size=resized_size, original_size=original_size)
-    except AnswerParseError as error:
-        return error
+) -> tuple[Box, ...]:
+    """The valid boxes of ``parse_box_entries``, in answer order (for inference, where no entry is counted)."""
+    entries = parse_box_entries(answer, resized_size=resized_size, original_size=original_size)
+    return tuple(box for box in entries if box is not None)
 
 
-def _box_entries(answer: str) -> list[Any]:
-    text = answer.strip()
-    fenced = _FENCE.search(text)
-    if fenced is not None:
-        text = fenced.group(1).strip()
-    # NaN and Infinity decode here so that the box check can reject them by name.
-    value = _decode(text, want_object=False, allow_constants=True)
-    if value is None and "[" in text and "]" in text:
-        # Prose around the list: decode from the first "[" to the last "]", if that is a list of objects
-        # (not, say, the coordinates inside one bare object).
-        inner = _decode(text[text.index("[") : text.rindex("]") + 1], want_object=False, allow_constants=True)
-        if isinstance(inner, list) and all(isinstance(entry, dict) for entry in inner):
-            value = inner
-    if value is None:
-        objects = [obj for span in object_spans(text) if (obj := _decode(span, allow_constants=True)) is not None]
-        value = objects or None
-    if isinstance(value, dict):
-        value = [value]
-    if not isinstance(value, list):
-        raise BadBoxes("the answer is not a JSON list of {\"bbox_2d\": [...], \"label\": ...} objects", answer)
-    return value
-
-
-def _box_fields(entry: Any, index: int, answer: str) -> tuple[float, float, float, float, str]:
-    if not isinstance(entry, dict) or "bbox_2d" not in entry:
-        raise InvalidBox(f"entry {index} is not an object with a bbox_2d field", answer)
-    coords = entry["bbox_2d"]
-    numeric = isinstance(coords, list) and len(coords) == 4 and all(_is_number(c) for c in coords)
-    if not numeric:
-        raise InvalidBox(f"entry {index}: bbox_2d {coords!r} is not 4 finite numbers", answer)
+def _entry_box(entry: Any, rw: float, rh: float, sx: float, sy: float) -> Box | None:
+    if not isinstance(entry, dict):
+        return None
+    coords = entry.get("bbox_2d")
+    if not (isinstance(coords, list) and len(coords) == 4 and all(_is_number(c) for c in coords)):
+        return None
     x1, y1, x2, y2 = (float(c) for c in coords)
-    if min(x1, y1) < 0:
-        raise InvalidBox(f"entry {index}: bbox_2d {coords} has a negative corner", answer)
-    if not (x1 < x2 and y1 < y2):
-        raise InvalidBox(f"entry {index}: bbox_2d {coords} is inverted or empty (want x1 < x2, y1 < y2)", answer)
+    if min(x1, y1) < 0 or not (x1 < x2 and y1 < y2):
+        return None
+    cx1, cy1, cx2, cy2 = min(x1, rw), min(y1, rh), min(x2, rw), min(y2, rh)
+    if not (cx1 < cx2 and cy1 < cy2):
+        return None
     label = entry.get("label", "")
-    if not isinstance(label, str):
-        raise InvalidBox(f"entry {index}: label {label!r} is not a string", answer)
-    return x1, y1, x2, y2, label
+    return Box(cx1 * sx, cy1 * sy, cx2 * sx, cy2 * sy, label if isinstance(label, str) else json.dumps(label))
 
 
 def _is_number(value: Any) -> bool:

@@ -59,7 +59,8 @@ class Collaboration:
 
 def keyframe_prompts(selection: KeyframeSelection, num_frames: int) -> tuple[KeyframePrompt, ...]:
     """System 2's prompts: the selection's keyframes, clipped to the sampled frames."""
-    return tuple(KeyframePrompt(min(int(k.frame), num_frames - 1), k.description) for k in selection.keyframes)
+    return tuple(KeyframePrompt(min(int(k.frame), num_frames - 1), k.description, selection.task)
+                 for k in selection.keyframes)
 
 
 def collaborate(
@@ -81,7 +82,7 @@ def collaborate(
     timings["system1"] = time.perf_counter() - start
 
     rollouts, phase_times = rollouts_from_completions(
-        sample, completions, segmenter, task=task, duration=reasoner.clip_seconds(record),
+        sample, completions, segmenter, task=task, duration=reasoner.clip_seconds(record, len(sample.frame_indices)),
         fps=reasoner.sample_fps(record), max_keyframes=reasoner.params.max_keyframes,
     )
     timings.update(phase_times)
@@ -101,7 +102,7 @@ def system1_completions(
     """System 1 alone: ``group_size`` answers for the sample from its cached features (no System 2)."""
     if record.key != sample.key.split("/")[0]:
         raise ValueError(f"feature record {record.key!r} does not belong to sample {sample.key!r}")
-    prompt = reasoner.prompt_for(record, sample.expression, task=task, seed=seed)
+    prompt = reasoner.prompt_for(record, sample.expression, task=task, seed=seed, num_frames=len(sample.frame_indices))
     inputs = reasoner.build_inputs(record, prompt)
     return reasoner.generate(inputs, num_return_sequences=group_size, do_sample=do_sample, seed=seed)
 
@@ -128,11 +129,14 @@ def rollouts_from_completions(
     fps: float,
     max_keyframes: int,
     cache: SegmentCache | None = None,
+    boxes_per_keyframe: int | None = None,
 ) -> tuple[tuple[Rollout, ...], dict[str, float]]:
     """Parse System 1's completions for ``sample`` and run System 2 once on every parsed answer of the group.
 
     ``cache`` (GRPO) keeps System 2's results by (sample, keyframe prompts) for one run: System 2 is
     deterministic, and a policy that has found its answer repeats it, so repeats are looked up.
+    ``boxes_per_keyframe`` is K in training (the sample's number of target objects: the official code
+    prompts SAM2 with the first K boxes of each keyframe only); None at inference, where no truth is read.
     Returns the rollouts and the seconds spent in ``parse`` and ``system2``.
     """
     num_frames = len(sample.frame_indices)
@@ -149,7 +153,7 @@ def rollouts_from_completions(
     missing = sorted({prompts for prompts in prompt_sets if prompts and (sample.key, prompts) not in cache},
                      key=prompt_sets.index)
     if missing:
-        for prompts, result in zip(missing, segmenter.segment_batch(sample.high_res, missing)):
+        for prompts, result in zip(missing, segmenter.segment_batch(sample.high_res, missing, boxes_per_keyframe)):
             cache[(sample.key, prompts)] = result
     timings["system2"] = time.perf_counter() - start
 

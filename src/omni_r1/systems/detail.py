@@ -5,9 +5,10 @@
 - ``sam2`` (the paper's): a grounding VLM from a local checkpoint boxes each described object on its
   keyframe (Qwen2.5-VL ``bbox_2d`` JSON, greedy decoding), then the SAM2 video predictor takes every
   box as the prompt of its own object id on its frame and propagates it over all sampled frames.
-  Propagation runs forward from the keyframes (as the paper does) and then in reverse from the
-  latest first keyframe, so that frames before an object's keyframe get masks too: each object
-  takes the forward pass's masks from its keyframe on and the reverse pass's masks before it.
+  Propagation runs forward from the keyframes, one pass, as the official code does; with
+  ``detail.reverse_pass`` it also runs in reverse from the latest keyframe, so that frames before
+  an object's keyframe get masks too: each object then takes the forward pass's masks from its
+  keyframe on and the reverse pass's masks before it.
 - ``light`` (the CPU demo): the small grounder and crop U-Net of ``light_models``. Each box is
   segmented on its keyframe and tracked outward over the frames for which its keyframe is the
   nearest one (ties go to the earlier keyframe): the U-Net searches each next frame around the
@@ -16,7 +17,12 @@
   frame has a nearest keyframe.
 
 Either way each box is one object, ``masks`` is the union of the objects, and a keyframe where the
-grounder finds nothing contributes no object. ``segment_batch`` serves one GRPO group (one video,
+grounder finds nothing contributes no object. The grounder answers *entries* in its answer's order
+(``None`` for an invalid one, as ``answer.parse_box_entries`` reads them); the boxes that prompt the
+masks are the valid ones among the first ``boxes_per_keyframe`` entries of each keyframe. In GRPO
+that is K, the number of target objects, as the official code sends only the first K boxes to
+SAM2; at inference (no truth) it is ``detail.max_objects``. All entries are kept in the result for
+the rewards' object-count penalty. ``segment_batch`` serves one GRPO group (one video,
 several answers): the grounder runs once per distinct (keyframe, description), and the per-video
 work (SAM2's ``init_state`` and image features: one pass over the frames for the whole group; the
 light backend's resized frames) is done once. Inference takes frames and text only; nothing here
@@ -30,7 +36,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol, Sequence
+from typing import TYPE_CHECKING, Any, Literal, Protocol, Sequence
 
 import numpy as np
 import torch
@@ -58,10 +64,12 @@ class DetailSetupError(ValueError):
 
 @dataclass(frozen=True)
 class KeyframePrompt:
-    """A keyframe to ground: an index into the T sampled frames and the description to find there."""
+    """A keyframe to ground: an index into the T sampled frames, the description to find there, and the task
+    whose grounding prompt asks for it (ReVOS: all the referred objects; RefAVS: one bounding box)."""
 
     frame: int
     description: str
+    task: Literal["revos", "refavs"] = "revos"
 
 
 @dataclass(frozen=True)
@@ -69,7 +77,9 @@ class SegmentResult:
     """System 2's output for one answer.
 
     ``masks`` (T, H, W) bool is the union of ``object_masks`` (K, T, H, W) bool, one per box (object
-    id); ``boxes`` maps each keyframe to the boxes found there (frame pixels); ``timings`` holds
+    id); ``boxes`` maps each keyframe to the boxes that prompted the masks (frame pixels);
+    ``entries`` maps each grounded keyframe to all of the grounder's entries in answer order, ``None``
+    for an invalid one (what the rewards count); ``timings`` holds
     seconds per phase (``ground``, ``segment``, ``propagate``). In a ``segment_batch`` result the
     ``segment`` and ``propagate`` times are those of the group's shared pass.
     """
@@ -78,6 +88,7 @@ class SegmentResult:
     object_masks: np.ndarray
     boxes: dict[int, list[Box]]
     timings: dict[str, float] = field(default_factory=dict)
+    entries: dict[int, tuple[Box | None, ...]] = field(default_factory=dict)
 
 
 class Segmenter(Protocol):
@@ -87,15 +98,20 @@ class Segmenter(Protocol):
         """``frames`` (T, H, W, 3) uint8 high-res sampled frames of one video; masks cover all T frames."""
         ...
 
-    def segment_batch(self, frames: np.ndarray, prompt_sets: Sequence[Sequence[KeyframePrompt]]) -> list[SegmentResult]:
-        """One video, a group of answers (GRPO rollouts): one result per prompt set, per-video work shared."""
+    def segment_batch(
+        self, frames: np.ndarray, prompt_sets: Sequence[Sequence[KeyframePrompt]], boxes_per_keyframe: int | None = None
+    ) -> list[SegmentResult]:
+        """One video, a group of answers (GRPO rollouts): one result per prompt set, per-video work shared.
+
+        ``boxes_per_keyframe`` limits the grounder entries used per keyframe (None: ``max_objects``)."""
         ...
 
 
 class Grounder(Protocol):
-    """One frame (H, W, 3) uint8 + a description -> boxes in that frame's pixels (possibly none)."""
+    """One frame (H, W, 3) uint8 + a description -> the grounder's entries in answer order: boxes in that
+    frame's pixels, ``None`` for an entry that is not a valid box (possibly no entries at all)."""
 
-    def ground(self, frame: np.ndarray, description: str) -> list[Box]: ...
+    def ground(self, frame: np.ndarray, description: str, task: str = "revos") -> list[Box | None]: ...
 
 
 # ----------------------------------------------------------------------------------------------- factory
@@ -116,7 +132,7 @@ def build_segmenter(params: DetailParams) -> Segmenter:
     if params.backend == "sam2":
         _check_sam2_paths(params)
         grounder = VlmGrounder.from_checkpoint(params.grounder_checkpoint, params.device, params.max_objects)
-        return Sam2Segmenter(build_sam2_predictor(params), grounder, params.max_objects)
+        return Sam2Segmenter(build_sam2_predictor(params), grounder, params.max_objects, params.reverse_pass)
     raise DetailSetupError(f"detail.backend {params.backend!r} is unknown; use 'light' or 'sam2' in params.yaml")
 
 
@@ -149,24 +165,33 @@ def _check_inputs(frames: np.ndarray, prompt_sets: Sequence[Sequence[KeyframePro
                                  "System 1's answer must be parsed with the clip's frame count")
 
 
+@dataclass(frozen=True)
+class _Grounded:
+    """One prompt set's grounding: the prompting boxes and all entries per keyframe, and the seconds spent."""
+
+    boxes: dict[int, list[Box]]
+    entries: dict[int, tuple[Box | None, ...]]
+    seconds: float
+
+
 def _ground_sets(
-    grounder: Grounder, frames: np.ndarray, prompt_sets: Sequence[Sequence[KeyframePrompt]], max_objects: int
-) -> tuple[list[dict[int, list[Box]]], list[float]]:
-    """Boxes per keyframe for each prompt set, and seconds per set; each (frame, description) is grounded once."""
-    cache: dict[tuple[int, str], list[Box]] = {}
-    results, seconds = [], []
+    grounder: Grounder, frames: np.ndarray, prompt_sets: Sequence[Sequence[KeyframePrompt]], limit: int
+) -> list[_Grounded]:
+    """Each prompt set grounded; each (frame, description) is asked once. A keyframe's prompting boxes are the
+    valid ones among its first ``limit`` entries (the official first-K rule)."""
+    cache: dict[tuple[int, str, str], tuple[Box | None, ...]] = {}
+    results = []
     for prompts in prompt_sets:
         started = time.perf_counter()
-        boxes: dict[int, list[Box]] = {}
+        entries: dict[int, tuple[Box | None, ...]] = {}
         for prompt in prompts:
-            key = (prompt.frame, prompt.description)
+            key = (prompt.frame, prompt.description, prompt.task)
             if key not in cache:
-                cache[key] = list(grounder.ground(frames[prompt.frame], prompt.description))[:max_objects]
-            found = boxes.setdefault(prompt.frame, [])
-            found.extend(cache[key][: max_objects - len(found)])
-        results.append({k: v for k, v in sorted(boxes.items()) if v})
-        seconds.append(time.perf_counter() - started)
-    return results, seconds
+                cache[key] = tuple(grounder.ground(frames[prompt.frame], prompt.description, prompt.task))
+            entries[prompt.frame] = entries.get(prompt.frame, ()) + cache[key]
+        boxes = {frame: [b for b in found[:limit] if b is not None] for frame, found in sorted(entries.items())}
+        results.append(_Grounded({k: v for k, v in boxes.items() if v}, entries, time.perf_counter() - started))
+    return results
 
 
 def _objects(boxes: dict[int, list[Box]]) -> list[tuple[int, Box]]:
@@ -174,9 +199,17 @@ def _objects(boxes: dict[int, list[Box]]) -> list[tuple[int, Box]]:
     return [(frame, box) for frame in sorted(boxes) for box in boxes[frame]]
 
 
-def _result(object_masks: np.ndarray, boxes: dict[int, list[Box]], timings: dict[str, float]) -> SegmentResult:
+def _result(object_masks: np.ndarray, grounded: _Grounded, timings: dict[str, float]) -> SegmentResult:
     rounded = {phase: round(timings.get(phase, 0.0), 4) for phase in PHASES}
-    return SegmentResult(object_masks.any(axis=0), object_masks, boxes, rounded)
+    return SegmentResult(object_masks.any(axis=0), object_masks, grounded.boxes, rounded, grounded.entries)
+
+
+def _limit(boxes_per_keyframe: int | None, max_objects: int) -> int:
+    if boxes_per_keyframe is None:
+        return max_objects
+    if boxes_per_keyframe < 0:
+        raise ValueError(f"boxes_per_keyframe={boxes_per_keyframe} must be >= 0 (the number of target objects)")
+    return boxes_per_keyframe
 
 
 # ----------------------------------------------------------------------------------------------- light backend
@@ -189,7 +222,7 @@ class ModelBoxGrounder:
         self.models = models
         self.max_objects = max_objects
 
-    def ground(self, frame: np.ndarray, description: str) -> list[Box]:
+    def ground(self, frame: np.ndarray, description: str, task: str = "revos") -> list[Box | None]:
         image = lm.resize_frames(frame[None], self.models.size)[0]
         boxes = self.models.locate(image, lm.frames_tensor(frame[None])[0], description, self.max_objects)
         return [Box(*b) for b in boxes]
@@ -206,17 +239,19 @@ class LightSegmenter:
     def segment(self, frames: np.ndarray, prompts: Sequence[KeyframePrompt]) -> SegmentResult:
         return self.segment_batch(frames, [prompts])[0]
 
-    def segment_batch(self, frames: np.ndarray, prompt_sets: Sequence[Sequence[KeyframePrompt]]) -> list[SegmentResult]:
+    def segment_batch(
+        self, frames: np.ndarray, prompt_sets: Sequence[Sequence[KeyframePrompt]], boxes_per_keyframe: int | None = None
+    ) -> list[SegmentResult]:
         _check_inputs(frames, prompt_sets)
-        boxes_per_set, ground_seconds = _ground_sets(self.grounder, frames, prompt_sets, self.max_objects)
+        grounded_sets = _ground_sets(self.grounder, frames, prompt_sets, _limit(boxes_per_keyframe, self.max_objects))
         images = lm.frames_tensor(frames)  # per video, shared by the group
         tracks: dict[tuple[Any, ...], tuple[np.ndarray, float, float]] = {}
         results = []
-        for boxes, seconds in zip(boxes_per_set, ground_seconds):
-            timings = {"ground": seconds, "segment": 0.0, "propagate": 0.0}
-            owners = _owners(sorted(boxes), frames.shape[0])
+        for grounded in grounded_sets:
+            timings = {"ground": grounded.seconds, "segment": 0.0, "propagate": 0.0}
+            owners = _owners(sorted(grounded.boxes), frames.shape[0])
             stack = []
-            for frame, box in _objects(boxes):
+            for frame, box in _objects(grounded.boxes):
                 lo, hi = owners[frame]
                 key = (frame, box.x1, box.y1, box.x2, box.y2, lo, hi)
                 if key not in tracks:  # identical answers in a group share their tracks
@@ -226,7 +261,7 @@ class LightSegmenter:
                 timings["propagate"] += prop_s
                 stack.append(masks)
             object_masks = np.stack(stack) if stack else np.zeros((0, *frames.shape[:3]), dtype=bool)
-            results.append(_result(object_masks, boxes, timings))
+            results.append(_result(object_masks, grounded, timings))
         return results
 
     def _track(self, images: torch.Tensor, frame: int, box: Box, lo: int, hi: int) -> tuple[np.ndarray, float, float]:
@@ -316,33 +351,39 @@ def _float32_inputs(module: torch.nn.Module, args: tuple[Any, ...], kwargs: dict
 class Sam2Segmenter:
     """Grounding boxes prompt the SAM2 video predictor, one object id per box; a group shares one pass."""
 
-    def __init__(self, predictor: SAM2VideoPredictor, grounder: Grounder, max_objects: int) -> None:
+    def __init__(
+        self, predictor: SAM2VideoPredictor, grounder: Grounder, max_objects: int, reverse_pass: bool = False
+    ) -> None:
         self.predictor = predictor
         self.grounder = grounder
         self.max_objects = max_objects
+        self.reverse_pass = reverse_pass
         self.device = torch.device(predictor.device)
 
     def segment(self, frames: np.ndarray, prompts: Sequence[KeyframePrompt]) -> SegmentResult:
         return self.segment_batch(frames, [prompts])[0]
 
-    def segment_batch(self, frames: np.ndarray, prompt_sets: Sequence[Sequence[KeyframePrompt]]) -> list[SegmentResult]:
+    def segment_batch(
+        self, frames: np.ndarray, prompt_sets: Sequence[Sequence[KeyframePrompt]], boxes_per_keyframe: int | None = None
+    ) -> list[SegmentResult]:
         _check_inputs(frames, prompt_sets)
-        boxes_per_set, ground_seconds = _ground_sets(self.grounder, frames, prompt_sets, self.max_objects)
+        grounded_sets = _ground_sets(self.grounder, frames, prompt_sets, _limit(boxes_per_keyframe, self.max_objects))
         # Every (answer, keyframe, box) gets its own object id in one shared pass over the video. Ids
         # go in keyframe order: SAM2 caches the features of one frame only, so prompts on the same
         # frame are added one after another.
-        flat = sorted(((frame, set_index, box) for set_index, boxes in enumerate(boxes_per_set)
-                       for frame, box in _objects(boxes)), key=lambda item: item[0])
+        flat = sorted(((frame, set_index, box) for set_index, grounded in enumerate(grounded_sets)
+                       for frame, box in _objects(grounded.boxes)), key=lambda item: item[0])
         owners = [set_index for _, set_index, _ in flat]
         masks, timings = self._propagate(frames, [(frame, box) for frame, _, box in flat])
         results = []
-        for set_index, (boxes, seconds) in enumerate(zip(boxes_per_set, ground_seconds)):
+        for set_index, grounded in enumerate(grounded_sets):
             mine = [i for i, owner in enumerate(owners) if owner == set_index]
-            results.append(_result(masks[mine], boxes, {**timings, "ground": seconds}))
+            results.append(_result(masks[mine], grounded, {**timings, "ground": grounded.seconds}))
         return results
 
     def _propagate(self, frames: np.ndarray, objects: list[tuple[int, Box]]) -> tuple[np.ndarray, dict[str, float]]:
-        """(K, T, H, W) masks of the objects: forward from each keyframe, reverse before it."""
+        """(K, T, H, W) masks of the objects: forward from each keyframe (and reverse before it with
+        ``reverse_pass``)."""
         masks = np.zeros((len(objects), *frames.shape[:3]), dtype=bool)
         if not objects:
             return masks, {"segment": 0.0, "propagate": 0.0}
@@ -359,7 +400,7 @@ class Sam2Segmenter:
             for t, ids, logits in self.predictor.propagate_in_video(state):
                 self._store(masks, t, ids, logits, first <= t)
             latest = int(first.max())
-            if latest > 0:
+            if self.reverse_pass and latest > 0:
                 reverse = self.predictor.propagate_in_video(state, start_frame_idx=latest,
                                                             max_frame_num_to_track=latest, reverse=True)
                 for t, ids, logits in reverse:
@@ -395,7 +436,7 @@ class VlmGrounder:
 
     Greedy decoding. The answer's boxes are in the processor's resized-image pixels: for Qwen2-VL
     style processors that size is ``image_grid_thw`` times the patch size; a processor without a
-    grid is taken to answer in original pixels. A malformed answer grounds nothing (and is counted
+    grid is taken to answer in original pixels. An invalid entry grounds nothing (and is counted
     in ``parse_failures``).
     """
 
@@ -420,12 +461,12 @@ class VlmGrounder:
         return cls(model.to(device).eval(), processor, max_objects)
 
     @torch.no_grad()
-    def ground(self, frame: np.ndarray, description: str) -> list[Box]:
-        from omni_r1.systems.answer import AnswerParseError, try_parse_boxes
+    def ground(self, frame: np.ndarray, description: str, task: str = "revos") -> list[Box | None]:
+        from omni_r1.systems.answer import parse_box_entries
         from omni_r1.systems.prompts import grounding_prompt
 
         image = Image.fromarray(frame, mode="RGB")
-        content = [{"type": "image"}, {"type": "text", "text": grounding_prompt(description)}]
+        content = [{"type": "image"}, {"type": "text", "text": grounding_prompt(description, task)}]
         messages = [{"role": "user", "content": content}]
         text = self.processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         inputs = self.processor(text=[text], images=[image], return_tensors="pt")
@@ -433,12 +474,11 @@ class VlmGrounder:
         output = self.model.generate(**inputs, do_sample=False, max_new_tokens=self.max_new_tokens)
         prompt_length = inputs["input_ids"].shape[1]
         answer = self.processor.batch_decode(output[:, prompt_length:], skip_special_tokens=True)[0]
-        boxes = try_parse_boxes(answer, resized_size=self._resized_size(inputs, frame),
-                                original_size=(frame.shape[1], frame.shape[0]))
-        if isinstance(boxes, AnswerParseError):
-            self.parse_failures += 1
-            return []
-        return list(boxes[: self.max_objects])
+        entries = parse_box_entries(answer, resized_size=self._resized_size(inputs, frame),
+                                    original_size=(frame.shape[1], frame.shape[0]))
+        if None in entries:
+            self.parse_failures += 1  # an entry that is not a valid box; no entry at all is a valid "nothing here"
+        return list(entries)
 
     def _resized_size(self, inputs: dict[str, Any], frame: np.ndarray) -> tuple[int, int]:
         """(width, height) of the image the model saw."""

@@ -341,16 +341,26 @@ class GlobalReasoner:
             )
         )
 
-    def prompt_for(self, record: FeatureRecord, expression: str, *, task: Task, seed: int | None = None) -> str:
-        """The task's prompt for ``record``: the clip's duration (ReVOS) or audio length (RefAVS) filled in."""
+    def prompt_for(
+        self, record: FeatureRecord, expression: str, *, task: Task, seed: int | None = None,
+        num_frames: int | None = None,
+    ) -> str:
+        """The task's prompt for ``record``: the clip's duration (ReVOS) or audio length (RefAVS) filled in.
+
+        ``num_frames`` is the sample's sampled frame count (the official duration is that / 2); by
+        default the frames the thinker sees, which the processor pads to an even count.
+        """
         if task == "refavs":
             return refavs_prompt(expression, self.audio_seconds(record))
         rng = random.Random(self.params.seed if seed is None else seed)
-        return revos_prompt(expression, self.clip_seconds(record), rng)
+        frames = self.clip_frames(record) if num_frames is None else num_frames
+        return revos_prompt(expression, frames, rng, fps=self.sample_fps(record))
 
-    def clip_seconds(self, record: FeatureRecord) -> float:
-        """The duration the prompt states: frames the thinker sees (padded to even) / sample fps."""
-        return self.clip_frames(record) * float(record.video_second_per_grid) / self._temporal_patch
+    def clip_seconds(self, record: FeatureRecord, num_frames: int | None = None) -> float:
+        """The duration the prompt states: ``num_frames`` (the sample's sampled frames, as the official
+        ``len(frames) / 2``; by default the thinker's padded frame count) / the sample fps."""
+        frames = self.clip_frames(record) if num_frames is None else num_frames
+        return frames / self.sample_fps(record)
 
     def clip_frames(self, record: FeatureRecord) -> int:
         """Frames the thinker sees: temporal patches x temporal patch size (an even count)."""
@@ -383,7 +393,7 @@ class GlobalReasoner:
         sampling both follow ``seed`` (default ``params.seed``).
         """
         seed = self.params.seed if seed is None else seed
-        prompt = self.prompt_for(record, expression, task=task, seed=seed)
+        prompt = self.prompt_for(record, expression, task=task, seed=seed, num_frames=num_frames)
         inputs = self.build_inputs(record, prompt, use_audio=use_audio)
         completions = self.generate(
             inputs, num_return_sequences=num_return_sequences, do_sample=do_sample, seed=seed
@@ -393,7 +403,7 @@ class GlobalReasoner:
             try_parse(
                 text,
                 task=task,
-                duration=self.clip_seconds(record),
+                duration=self.clip_seconds(record, num_frames),
                 num_frames=frames,
                 fps=self.sample_fps(record),
                 max_keyframes=self.params.max_keyframes,
