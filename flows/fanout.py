@@ -192,6 +192,69 @@ def map_chunks(
     from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
 
     no_heartbeat = temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None})
-    with shared_api_for_subprocesses(task_runner, address), no_heartbeat:
-        return fanout()
+    try:
+        with _startup_limit(), shared_api_for_subprocesses(task_runner, address), no_heartbeat:
+            return fanout()
+    except RuntimeError as err:
+        if "ephemeral Prefect API" in str(err):
+            raise FanoutStartError(
+                f"{stage}: Prefect's temporary API server did not start within {_startup_seconds()} s "
+                "(a busy machine); set PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS higher, or start a server "
+                "(`make server`) and set PREFECT_API_URL"
+            ) from err
+        raise
+    finally:
+        _stop_event_workers()
+
+
+class FanoutStartError(RuntimeError):
+    """Prefect could not be started for a fan-out; the message says what to do."""
+
+
+# Prefect's default start-up limit for its temporary API is 20 s; on a loaded machine it takes 50-100 s
+# (design.md section 4). The Makefile sets 90 s, a user's shell does not, so the limit is set here.
+STARTUP_SECONDS = 180
+_STARTUP_ENV = "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"
+
+
+def _startup_seconds() -> int:
+    """The start-up limit in force: the user's own setting when there is one, else ``STARTUP_SECONDS``."""
+    from prefect.settings import PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS
+
+    if _STARTUP_ENV not in os.environ:
+        return STARTUP_SECONDS
+    try:
+        return int(os.environ[_STARTUP_ENV])
+    except ValueError:
+        return int(PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS.value())
+
+
+@contextlib.contextmanager
+def _startup_limit():  # type: ignore[no-untyped-def]
+    """Prefect's ephemeral API start-up limit for this fan-out, unless the user set one."""
+    from prefect.settings import PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS, temporary_settings
+
+    if _STARTUP_ENV in os.environ:
+        yield
+        return
+    with temporary_settings({PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS: STARTUP_SECONDS}):
+        yield
+
+
+def _stop_event_workers() -> None:
+    """Stop Prefect's events worker, which a flow run leaves behind with a websocket open.
+
+    Its keepalive pings draw from Python's global ``random`` (websockets' ping payload) every few
+    seconds from a background thread, so a process that fans out and then trains or tests with
+    seeded global RNGs would see its draws shifted at random times. A later flow starts a new worker.
+    """
+    from prefect.events.worker import EventsWorker
+
+    chatter = logging.getLogger(EventsWorker.__name__)  # "Still processing items": it flushes them, as it should
+    level = chatter.level
+    chatter.setLevel(logging.ERROR)
+    try:
+        EventsWorker.drain_all(timeout=30, at_exit=False)
+    finally:
+        chatter.setLevel(level)
 
