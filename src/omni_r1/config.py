@@ -55,14 +55,20 @@ class DataParams:
     root: str = "data/raw/synthetic"
     fps: float = 2.0
     max_frames: int = 24
-    low_res: int = 224
-    high_res: int = 448
+    # Frame sizes keep the native aspect and never upscale. Each is capped by its longest side and by its pixel
+    # count; the paper's sizes are pixel budgets on the native frame (System 1: 128x28x28, System 2: 900x28x28).
+    low_res: int = 4096
+    high_res: int = 4096
+    low_res_pixels: int = 100352
+    high_res_pixels: int = 705600
 
     def __post_init__(self) -> None:
         _require(self.fps > 0, "data.fps", "must be positive (frames per second sampled for System 1)")
         _require(self.max_frames >= 1, "data.max_frames", "must be at least 1")
         _require(self.low_res >= 28, "data.low_res", "must be at least 28 (longest side in pixels)")
         _require(self.high_res >= self.low_res, "data.high_res", "must be >= data.low_res")
+        _require(self.low_res_pixels >= 28 * 28, "data.low_res_pixels", "must be at least 784 (28 x 28)")
+        _require(self.high_res_pixels >= self.low_res_pixels, "data.high_res_pixels", "must be >= data.low_res_pixels")
 
 
 @dataclass(frozen=True)
@@ -276,6 +282,14 @@ class TrainParams:
     drop_equal_groups: bool = False
     # official: null expressions (no target object) are never drawn for training; true trains on them too.
     include_null: bool = False
+    # One draw per prompt, as the official loaders (omni_r1.rl.draws): one random expression of a video, at most
+    # max_objects of its objects, randint(min_frames, max_frames) of its stored frames when it has more than
+    # min_frames (the demo's clips store 12, so they keep all), and RefAVS on frame 0 plus the audio.
+    one_expression_per_video: bool = True
+    min_frames: int = 16
+    max_frames: int = 24
+    max_objects: int = 3
+    refavs_first_frame: bool = True
     max_new_tokens: int = 56
     split: Literal["train", "val", "test"] = "train"
     eval_split: Literal["train", "val", "test"] = "val"  # held-out prompts for the before/after report
@@ -299,6 +313,8 @@ class TrainParams:
         _require(self.updates_per_batch >= 1, "train.updates_per_batch", "must be at least 1")
         _require(self.save_every >= 1 and self.keep_last >= 1, "train.save_every/keep_last", "must be at least 1")
         _require(len(self.seeds) >= 1, "train.seeds", "must name at least one seed")
+        _require(1 <= self.min_frames <= self.max_frames, "train.min_frames/max_frames", "need 1 <= min <= max")
+        _require(1 <= self.max_objects <= 3, "train.max_objects", "must be within [1, 3] (Omni-R1 grounds up to 3)")
         _require(self.cpu_threads >= 1 and self.seed_workers >= 1, "train.cpu_threads/seed_workers",
                  "must be at least 1")
 

@@ -56,7 +56,8 @@ def rows_from_frame(frame: pd.DataFrame) -> list[ManifestRow]:
 
 
 def sampling_plan(data: DataParams) -> SamplingPlan:
-    return SamplingPlan(fps=data.fps, max_frames=data.max_frames, low_res=data.low_res, high_res=data.high_res)
+    return SamplingPlan(fps=data.fps, max_frames=data.max_frames, low_res=data.low_res, high_res=data.high_res,
+                        low_pixels=data.low_res_pixels, high_pixels=data.high_res_pixels)
 
 
 @dataclass(frozen=True)

@@ -51,6 +51,8 @@ class SamplingPlan:
     max_frames: int
     low_res: int
     high_res: int
+    low_pixels: int = 0  # pixel budgets on top of the longest sides (0: none); data.low_res_pixels / high_res_pixels
+    high_pixels: int = 0
 
 
 @dataclass(frozen=True)
@@ -102,8 +104,8 @@ def group_by_video(rows: Iterable[ManifestRow]) -> list[list[ManifestRow]]:
 def build_record(root: Path, rows: Sequence[ManifestRow], plan: SamplingPlan) -> VideoRecord:
     """Decode one video once and attach all its expressions. Raises ``MediaError`` for bad media."""
     first = rows[0]
-    low_size = fit_size(first.width, first.height, plan.low_res)
-    high_size = fit_size(first.width, first.height, plan.high_res)
+    low_size = fit_size(first.width, first.height, plan.low_res, plan.low_pixels)
+    high_size = fit_size(first.width, first.height, plan.high_res, plan.high_pixels)
     if first.media_kind == "video":
         path = safe_join(root, first.video_path)
         times = frame_times(path)

@@ -308,11 +308,16 @@ def sample_indices(times: np.ndarray, fps: float, max_frames: int) -> np.ndarray
     return candidates.astype(np.int64)
 
 
-def fit_size(width: int, height: int, longest: int) -> tuple[int, int]:
-    """(width, height) keeping aspect with the longest side <= ``longest``; never upscales; even, >= 2."""
-    if width < 1 or height < 1 or longest < 2:
-        raise ValueError(f"fit_size needs positive sizes and longest >= 2, got {width}x{height}, {longest}")
+def fit_size(width: int, height: int, longest: int, max_pixels: int = 0) -> tuple[int, int]:
+    """(width, height) keeping aspect with the longest side <= ``longest`` and, when ``max_pixels`` > 0, at most
+    that many pixels (the paper's budgets: 128x28x28 for System 1, about 900x28x28 for System 2); never
+    upscales; even, >= 2."""
+    if width < 1 or height < 1 or longest < 2 or max_pixels < 0:
+        raise ValueError(f"fit_size needs positive sizes, longest >= 2 and max_pixels >= 0, got {width}x{height}, "
+                         f"{longest}, {max_pixels}")
     scale = min(1.0, longest / max(width, height))
+    if max_pixels:
+        scale = min(scale, math.sqrt(max_pixels / (width * height)))
     return _even(width * scale, min(width, longest)), _even(height * scale, min(height, longest))
 
 

@@ -34,6 +34,7 @@ import torch
 
 from omni_r1.config import Params, TrainParams
 from omni_r1.rl.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from omni_r1.rl.draws import draw_item, video_groups
 from omni_r1.rl.engine import PolicyEngine
 from omni_r1.rl.grpo import completion_mask, group_advantages, informative_groups, policy_loss
 from omni_r1.rl.policy import PromptCache, sample_completions, towers_frozen
@@ -143,7 +144,10 @@ class GRPOTrainer:
         self.reference = frozen_copy(reasoner.model) if self.train.beta > 0 else None
         # Under the DeepSpeed launcher every rank walks the same order and takes its slice of each batch.
         self.rank, self.world = distributed_rank()
-        self.data = DataOrder(len(self.items), seed)
+        # Official draws (omni_r1.rl.draws): the order walks videos, each draw picks one of its expressions.
+        self.groups = video_groups(self.items) if self.train.one_expression_per_video else [[i] for i in
+                                                                                            range(len(self.items))]
+        self.data = DataOrder(len(self.groups), seed)
         self.segment_cache: SegmentCache = {}
         self.prompts = PromptCache(eos_id=self.eos_id, pad_id=self.pad_id)
         self.step = 0
@@ -193,7 +197,7 @@ class GRPOTrainer:
         step = self.step + 1
         timer = PhaseTimer()
         taken = self.data.take(self.train.prompts_per_step * self.world)
-        batch = [self.items[i] for i in taken[self.rank :: self.world]]
+        batch = [self._draw(group, step, index) for index, group in enumerate(taken[self.rank :: self.world])]
         with timer.phase("rollout"):
             groups = [self._rollout(item, step, index) for index, item in enumerate(batch)]
         with timer.phase("system2"):
@@ -210,6 +214,13 @@ class GRPOTrainer:
         return self._log_values(groups, keep, update, timer)
 
     # ------------------------------------------------------------------------------------------ phases
+
+    def _draw(self, group: int, step: int, index: int) -> PromptItem:
+        """The official draw for one prompt of the step: an expression of the video, its frames and objects."""
+        rng = np.random.default_rng([self.seed, step, self.rank, index, 7])
+        members = self.groups[group]
+        item = self.items[members[int(rng.integers(len(members)))]]
+        return draw_item(item, self.reasoner, rng, self.train, seed=int(rng.integers(0, 2**31 - 1)))
 
     def _rollout(self, item: PromptItem, step: int, index: int) -> Group:
         seed = int(np.random.default_rng([self.seed, step, self.rank, index]).integers(0, 2**31 - 1))
