@@ -12,9 +12,11 @@ its native rate, from the same source the shard stage read (``data.root`` and th
 - nothing at all where the sampled frames already are every native frame (RefAVS: 10 frames at 1 fps):
   the shard's frames are those frames.
 
-Frames come at the size of the shard's high-res frames (``data.high_res`` on the long side). Memory: N
-frames take N x H x W x 3 bytes (a 448x252 frame is 0.34 MB, so a minute at 30 fps is 0.6 GB); the
-masks are resized to the native size one frame at a time when they are written.
+Frames come at the size of the shard's high-res frames (``data.high_res`` / ``data.high_res_pixels``), so
+System 2 sees at every native frame what it saw at the sampled ones. Memory: N frames take N x H x W x 3
+bytes; at the paper's budget of about 900x28x28 pixels a frame is 2.1 MB, so a minute at 30 fps is 3.8 GB
+(the demo's 256x192 clips: 0.15 MB a frame). Masks are resized to the native size one frame at a time
+when they are written, never held all at once.
 """
 
 from __future__ import annotations

@@ -3,7 +3,9 @@
 One call serves inference and GRPO rollouts alike: System 1 answers ``group_size`` times for one
 video, every answer is parsed (a malformed answer becomes a counted ``AnswerParseError``, never a
 crash), and System 2 segments all parsed answers of the group in one batched call on the video's
-high-res frames, which are decoded once by the shard stage and never again.
+high-res frames, which are decoded once by the shard stage and never again. Evaluation uses System 1's
+half alone (``system1_completions``, ``parse_completion``) and runs System 2 over every native frame
+instead (``omni_r1.eval.predict``).
 """
 
 from __future__ import annotations
