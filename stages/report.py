@@ -17,7 +17,7 @@ from typing import Any, Sequence
 from omni_r1.config import Params
 from omni_r1.eval.report import plot_jf, plot_training, write_overlays
 from omni_r1.eval.tables import (ablation_table, has_refavs, load_paper_numbers, refavs_table, revos_table,
-                                 run_table, training_table)
+                                 heldout_ablation_tables, run_table, training_table)
 from omni_r1.fileio import atomic_write_text
 from stages.common import parse, parser
 
@@ -83,6 +83,10 @@ def _training_section(args: argparse.Namespace, params: Params, figures: Path) -
     train = json.loads(args.train.read_text())
     section = ["## GRPO: held-out reward and J&F before and after training",
                training_table(train, params.train.warm_start.steps, params.train.steps)]
+    ablation = heldout_ablation_tables(train)
+    if ablation:
+        section += ["### The held-out ablation: does the trained System 1 beat System 2 alone and predicting nothing?",
+                    ablation]
     if args.train_log.is_file():
         plot_training(args.train_log, figures / "grpo_reward.png")
         section.append("![GRPO reward](figures/grpo_reward.png)")

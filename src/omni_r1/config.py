@@ -170,7 +170,7 @@ class DetailParams:
     # sam2 backend: a local grounding VLM (answers bbox_2d JSON) and a local SAM2 checkpoint.
     grounder_checkpoint: str = ""
     sam2_config: str = "configs/sam2.1/sam2.1_hiera_t.yaml"
-    sam2_checkpoint: str = ""  # empty: random weights, for tests only
+    sam2_checkpoint: str = ""  # sam2 backend: a SAM2.1 .pt, or "random" (tests only); empty is an error
     sam2_image_size: int = 1024
     # sam2: the official code runs one forward pass from the first prompted frame; true adds a reverse pass
     # from the latest keyframe so frames before an object's keyframe get masks too (our extension).
@@ -257,6 +257,21 @@ class WarmStartParams:
 
 
 @dataclass(frozen=True)
+class AlarmParams:
+    """Collapse and reward-hacking alarms (omni_r1.rl.alarms): the run warns when the mean over the last ``window``
+    steps crosses a threshold; the values are logged per step in train.tsv either way."""
+
+    window: int = 10
+    min_distinct_answers: float = 0.25  # distinct completions per group / G
+    min_distinct_keyframe_sets: float = 0.1  # distinct keyframe sets over the step's rollouts / rollouts
+    max_system2_empty: float = 0.5  # share of grounded rollouts where System 2 found nothing
+    max_equal_groups: float = 0.5  # share of groups whose rewards are all equal (no learning signal)
+
+    def __post_init__(self) -> None:
+        _require(self.window >= 1, "train.alarms.window", "must be at least 1")
+
+
+@dataclass(frozen=True)
 class TrainParams:
     """GRPO training of the Global Reasoning System (spec section 3 gives the paper's values)."""
 
@@ -301,6 +316,7 @@ class TrainParams:
     seed_workers: int = 2  # seeds trained side by side in worker processes (CPU demo: one per core)
     out: str = "data/models/policy"
     warm_start: WarmStartParams = WarmStartParams()
+    alarms: AlarmParams = AlarmParams()
     deepspeed: DeepSpeedParams = DeepSpeedParams()
 
     def __post_init__(self) -> None:

@@ -203,14 +203,28 @@ def test_sam2_propagates_box_prompts_to_every_frame(tiny_sam2, square_samples) -
     sample = _appearance(square_samples)
     spy = PredictorSpy(tiny_sam2)
     grounder = OracleBoxGrounderForTests(sample)
-    segmenter = Sam2Segmenter(spy, grounder, max_objects=3)
+    segmenter = Sam2Segmenter(spy, grounder, max_objects=3, reverse_pass=True)
     result = segmenter.segment(sample.high_res, [KeyframePrompt(1, sample.expression)])
     _check_result(result, sample.high_res)
     assert list(result.boxes) == [1] and len(result.boxes[1]) == 1
     assert result.object_masks.shape[0] == 1
-    # forward from the keyframe over frames 1..2, then reverse from it to frame 0
+    # detail.reverse_pass: forward from the keyframe over frames 1..2, then reverse from it to frame 0
     assert spy.frames == [(1, False), (2, False), (1, True), (0, True)]
     assert spy.init_states == 1
+    # the official default: one forward pass; the frame before the keyframe stays empty
+    forward = PredictorSpy(tiny_sam2)
+    official = Sam2Segmenter(forward, OracleBoxGrounderForTests(sample), max_objects=3)
+    result = official.segment(sample.high_res, [KeyframePrompt(1, sample.expression)])
+    assert forward.frames == [(1, False), (2, False)] and not result.masks[0].any()
+
+
+def test_sam2_gets_only_the_first_k_entries_per_keyframe(tiny_sam2, square_samples) -> None:
+    sample = _appearance(square_samples)
+    spy = PredictorSpy(tiny_sam2)
+    segmenter = Sam2Segmenter(spy, OracleBoxGrounderForTests(sample), max_objects=3)
+    [result] = segmenter.segment_batch(sample.high_res, [[KeyframePrompt(1, sample.expression)]],
+                                       boxes_per_keyframe=0)
+    assert result.object_masks.shape[0] == 0 and result.boxes == {} and len(result.entries[1]) == 1
 
 
 @pytest.mark.slow

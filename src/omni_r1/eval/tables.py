@@ -129,6 +129,29 @@ def _ci(values: dict[str, Any], metric: str) -> str:
     return f"{float(values[metric]):.1f} [{float(interval[0]):.1f}, {float(interval[1]):.1f}]"
 
 
+def heldout_ablation_tables(train: dict[str, Any]) -> str:
+    """Per seed, the held-out ablation after GRPO (and before, for the policy's own rows), with intervals."""
+    parts = []
+    for seed, s in train["seeds"].items():
+        after, before = s.get("policies_after"), s.get("policies_before")
+        if not after:
+            continue
+        rows = {**after}
+        for name in ("keyframes_original_query", "global_reasoning"):
+            if before and name in before:
+                rows[f"{name} (before GRPO)"] = before[name]
+        diversity = s.get("diversity_after", {})
+        parts += [f"Seed {seed}, held-out prompts after GRPO (J&F x100 [bootstrap 95% interval]):", "",
+                  ablation_table(rows), ""]
+        if s.get("alarms"):
+            parts += [f"**Alarms still raised at the end of seed {seed}'s run**: {', '.join(s['alarms'])}.", ""]
+        if diversity:
+            parts += [f"Answers after GRPO: distinct keyframe sets per prompt {diversity['distinct_keyframe_sets']:.2f}, "
+                      f"distinct descriptions {diversity['distinct_descriptions']}, System 2 found nothing on "
+                      f"{100 * diversity['system2_empty_rate']:.0f}% of the prompts.", ""]
+    return "\n".join(parts)
+
+
 def training_table(train: dict[str, Any], warm_start_steps: int, grpo_steps: int) -> str:
     """GRPO on held-out prompts: mean reward and J&F of the starting policy and the trained one, per seed."""
     lines = [

@@ -28,6 +28,7 @@ from omni_r1.config import Params, params_from_dict, params_to_dict
 from omni_r1.fileio import atomic_write_text
 from omni_r1.models.processor import build_processor
 from omni_r1.rl.engine import build_engine
+from omni_r1.rl.alarms import CollapseAlarm
 from omni_r1.rl.heldout import evaluate_policy
 from omni_r1.rl.prompts_data import PromptItem, load_prompt_items, training_items
 from omni_r1.rl.trainer import GRPOTrainer, check_train_params, log_columns
@@ -87,11 +88,18 @@ def train_seed(params: Params, seed: int, paths: RunPaths, segmenter: Segmenter,
                           checkpoint_dir=checkpoint_dir, seed=seed)
     before = _before(trainer, reasoner, segmenter, heldout, params, cache, resuming)
     start = time.perf_counter()
-    trainer.fit(train.steps, log=on_step)
+    alarm = CollapseAlarm(train.alarms)
+
+    def log_step(step: int, values: dict[str, float]) -> None:
+        on_step(step, values)
+        for warning in alarm.update(step, values):
+            say(f"seed {seed}: WARNING {warning}")
+
+    trainer.fit(train.steps, log=log_step)
     timings["grpo_seconds"] = time.perf_counter() - start
     after = evaluate_policy(reasoner, segmenter, heldout, params.rewards, max_new_tokens=train.max_new_tokens,
                             cache=cache)
-    return {"seed": seed, "before": before, "after": after, "reasoner": reasoner, **timings,
+    return {"seed": seed, "before": before, "after": after, "reasoner": reasoner, **timings, "alarms": alarm.active,
             "train_prompts": len(items), "heldout_prompts": len(heldout)}
 
 
@@ -185,7 +193,8 @@ def _seed_process(raw: dict[str, Any], seed: int, paths: RunPaths, position: int
 
     def log_step(step: int, values: dict[str, float]) -> None:
         log.add(seed, step, values)
-        bar.set_postfix_str(f"reward {values['reward']:.3f} parse-fail {values['parse_failure_rate']:.2f}")
+        bar.set_postfix_str(f"reward {values['reward']:.3f} parse-fail {values['parse_failure_rate']:.2f} "
+                            f"distinct {values['distinct_answers']:.2f} S2-empty {values['system2_empty_rate']:.2f}")
         bar.update(step - bar.n)
 
     result = train_seed(params, seed, paths, build_segmenter(params.detail), on_step=log_step,
@@ -227,6 +236,11 @@ def summary(results: list[dict[str, Any]]) -> dict[str, Any]:
             "by_cue_after": {c: v["reward"] for c, v in r["after"]["by_cue"].items()},
             "warm_start_seconds": round(r["warm_start_seconds"], 1), "grpo_seconds": round(r["grpo_seconds"], 1),
             "train_prompts": r["train_prompts"], "heldout_prompts": r["heldout_prompts"],
+            # The ablation on the held-out prompts (J&F x100 by expression type, bootstrap 95% intervals) and
+            # the answers' diversity, before and after: what the headline numbers have to beat.
+            "policies_before": r["before"].get("policies", {}), "policies_after": r["after"].get("policies", {}),
+            "diversity_before": r["before"].get("diversity", {}), "diversity_after": r["after"].get("diversity", {}),
+            "alarms": r.get("alarms", []),
         }
     mean = {key: float(np.mean([s[key] for s in per_seed.values()]))
             for key in ("reward_before", "reward_after", "jf_before", "jf_after")}

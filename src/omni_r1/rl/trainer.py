@@ -33,6 +33,8 @@ import numpy as np
 import torch
 
 from omni_r1.config import Params, TrainParams
+from omni_r1.rl.alarms import COLUMNS as DIVERSITY_COLUMNS
+from omni_r1.rl.alarms import step_diversity
 from omni_r1.rl.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from omni_r1.rl.draws import draw_item, video_groups
 from omni_r1.rl.engine import PolicyEngine
@@ -334,6 +336,7 @@ class GRPOTrainer:
             "parse_failure_rate": float(np.mean([not r.parsed for r in rollouts])),
             "system2_failures": float(sum(r.failure == "system2_error" for r in rewards)),
             "dropped_groups": float(len(groups) - int(keep.sum())),
+            **step_diversity([g.rollouts for g in groups], [[r.total for r in g.rewards] for g in groups]),
         }
         for phase in PHASES:
             values[f"seconds_{phase}"] = timer.seconds.get(phase, 0.0)
@@ -376,7 +379,7 @@ def log_columns(task: str) -> tuple[str, ...]:
     """The training log's columns after ``step``, in order."""
     return (
         "reward", *(f"reward_{c}" for c in reward_columns(task)), "kl", "clip_fraction", "loss", "grad_norm", "lr",
-        "response_length", "parse_failure_rate", "system2_failures", "dropped_groups",
+        "response_length", "parse_failure_rate", "system2_failures", "dropped_groups", *DIVERSITY_COLUMNS,
         *(f"seconds_{p}" for p in PHASES), "seconds_step",
     )
 
