@@ -1,7 +1,8 @@
 """Stage ``train_detail``: train the light Detail Understanding System (grounder + box U-Net) on the shards.
 
 Only for ``detail.backend: light`` (the CPU demo); the sam2 backend uses local checkpoints instead.
-Training reads train and val shards (truth masks are training targets); inference never does.
+Training reads the train shards (truth masks are training targets) and measures on the last `detail.light_holdout_videos`
+train videos, kept out of training; val is GRPO's held-out set and test the reported one. Inference never reads truth.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--metrics", type=Path, default=Path("data/metrics/train_detail.json"))
     args, params = parse(p, argv)
     out = args.out or Path(params.detail.light_checkpoint)
-    samples = [s for split in ("train", "val") for s in read_samples(args.shards, split)]
+    samples = read_samples(args.shards, "train")  # System 2 measures on its own held-out train videos
     total = sum(step_counts(params.detail).values())
     with tqdm(total=total, desc="train_detail", unit="step", dynamic_ncols=True) as bar:
         def advance(model: str, step: int, total: int, loss: float) -> None:

@@ -181,6 +181,7 @@ class DetailParams:
     light_steps: int = 300
     light_batch: int = 16
     light_lr: float = 0.003
+    light_holdout_videos: int = 2  # train videos kept out of the light models' training to measure them on
     seed: int = 0
 
     def __post_init__(self) -> None:

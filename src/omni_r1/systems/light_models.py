@@ -646,7 +646,11 @@ def _loss(logits: torch.Tensor, targets: torch.Tensor, pos_weight: float = 1.0) 
 def train_light_models(
     samples: Iterable[Sample], params: DetailParams, out_dir: Path, progress: Progress | None = None
 ) -> dict[str, Any]:
-    """Train the grounder and the crop U-Net on ``train`` samples, measure on ``val`` samples, save to ``out_dir``.
+    """Train the grounder and the crop U-Net on ``train`` samples, measure on System 2's own held-out videos (the
+    last ``params.light_holdout_videos`` train videos by id, never trained on), save to ``out_dir``.
+
+    The val split is GRPO's held-out set and test is the reported one, so neither tunes System 2: three
+    separate sets of videos (issue: a split that both tunes System 2 and reports GRPO's gain flatters both).
 
     The grounder learns from samples whose cue is ``appearance`` (single-image descriptions, nulls
     included: their target is empty); the U-Net from every sample's target masks. Both train in
@@ -659,11 +663,13 @@ def train_light_models(
     size = params.light_size
     cache: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
     train, held_out = [], []
-    for sample in samples:
-        if sample.split == "train":
-            train.append(_clip(sample, size, cache))
-        elif sample.split == "val":
-            held_out.append(_clip(sample, size, cache))
+    train_samples = [s for s in samples if s.split == "train"]
+    videos = sorted({str(s.meta.get("video_id", s.key.split("/")[0])) for s in train_samples})
+    kept_out = min(params.light_holdout_videos, max(len(videos) - 1, 0))  # always leave a video to train on
+    holdout = set(videos[len(videos) - kept_out:]) if kept_out else set()
+    for sample in train_samples:
+        target = held_out if str(sample.meta.get("video_id", sample.key.split("/")[0])) in holdout else train
+        target.append(_clip(sample, size, cache))
     described = [(i, t) for i, c in enumerate(train) if c.cue == "appearance" for t in range(len(c.masks))]
     grounder_items = ([(i, t) for i, t in described if train[i].masks[t].any()],
                       [(i, t) for i, t in described if not train[i].masks[t].any()])
@@ -798,7 +804,7 @@ def evaluate_light_models(models: LightModels, clips: list[_Clip], max_objects: 
     from omni_r1.systems.detail import KeyframePrompt, LightSegmenter, ModelBoxGrounder
 
     if not clips:
-        return {"heldout_note": "no val samples: held-out metrics not measured"}
+        return {"heldout_note": "no held-out train videos (detail.light_holdout_videos): held-out metrics not measured"}
     grounder_ious, blob_ious, null_rejects, seg_ious, box_ious = [], [], [], [], []
     size = models.size
     for clip in clips:
