@@ -71,6 +71,9 @@ class ManifestRow:
     masks_json: str
     ingest_error: str = ""
     needs_audio: bool = False
+    ingest_check: str = ""  # the ingest rule an unparsable row broke (with ingest_error)
+    source_line: str = ""  # where the row's annotation is: "annotations.jsonl:12", "metadata.csv:5", a JSON path
+    error_file: str = ""  # for a row ingest could not parse: the file to look at
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -85,6 +88,8 @@ class ManifestRow:
     @property
     def source_file(self) -> str:
         """The file a person should look at when this row is in trouble."""
+        if self.error_file:
+            return self.error_file
         if self.video_path:
             return self.video_path
         if self.frame_paths:
@@ -105,6 +110,7 @@ class QuarantineEntry:
     check: str
     reason: str
     hint: str
+    line: str = ""  # where the annotation is: "annotations.jsonl:12", "metadata.csv:5" or a JSON path
 
     def to_dict(self) -> dict[str, str]:
         return dataclasses.asdict(self)

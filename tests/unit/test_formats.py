@@ -96,15 +96,17 @@ def test_bad_lines_become_rows_with_errors(synth_video: Path, tmp_path: Path) ->
     assert "lacks key(s) split" in bad[3].ingest_error
 
 
-def test_mask_past_the_last_frame_lengthens_the_list(synth_video: Path, tmp_path: Path) -> None:
+def test_mask_past_the_last_frame_is_refused_at_ingest(synth_video: Path, tmp_path: Path) -> None:
+    """A frame index outside the video is refused before anything is allocated for it (10^7 would be 640 MB)."""
     root = _copy(synth_video, tmp_path / "ds")
     lines = _lines(root)
     target = next(i for i, line in enumerate(lines) if line["objects"])
     obj = lines[target]["objects"][0]
-    obj["masks"].append({"frame": 25, "rle": obj["masks"][0]["rle"]})
+    obj["masks"].append({"frame": 10**7, "rle": obj["masks"][0]["rle"]})
     _write_lines(root, lines)
     row = read_layout("video", root, **FPS)[target]
-    assert row.num_frames == 20 and len(row.mask_objects()[0]["rles"]) == 26
+    assert row.ingest_check == "frame_index" and row.source_line == f"annotations.jsonl:{target + 1}"
+    assert "frame 10000000 is outside the video's 20 frames" in row.ingest_error
 
 
 def test_ingest_metrics(synth_video: Path) -> None:

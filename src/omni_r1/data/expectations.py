@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from omni_r1.data.formats.common import MAX_EXPRESSION_CHARS, visible
 from omni_r1.data.masks import RleError, decode_rle
 from omni_r1.types import EXPRESSION_TYPES, SPLITS, ManifestRow, QuarantineEntry
 
@@ -105,12 +106,18 @@ class ValidationReport:
     bad_fraction: float
     passed_policy: bool
     expectation_results: dict[str, bool]
+    ingest_rows: int = 0  # rows ingest could not parse (each also counted under the ingest rule it broke)
 
     def failure_counts(self) -> dict[str, int]:
-        """Rows failing each check of the suite (0 for a check that passed)."""
+        """Rows failing each check of the suite (0 for a check that passed).
+
+        A row ingest could not parse counts under ``ingest_ok`` and under the ingest rule it broke.
+        """
         counts = {name: 0 for name in self.expectation_results}
         for entry in self.quarantine:
             counts[entry.check] = counts.get(entry.check, 0) + 1
+        if self.ingest_rows:
+            counts["ingest_ok"] = self.ingest_rows
         return counts
 
     def metrics(self) -> dict[str, float | int]:
@@ -164,6 +171,8 @@ def _listing(problems: list[str]) -> str:
 
 def _source_file(row: dict[str, Any]) -> str:
     """ManifestRow.source_file, tolerant of missing cells."""
+    if _text(row.get("error_file")):
+        return _text(row.get("error_file"))
     if _text(row.get("video_path")):
         return _text(row.get("video_path"))
     frames = _paths(row.get("frame_paths"))
@@ -198,6 +207,8 @@ def _parse_objects(row: dict[str, Any]) -> tuple[list[dict[str, Any]], str]:
         data = json.loads(text)
     except json.JSONDecodeError as err:
         return [], f"masks_json is not valid JSON ({err.msg} at char {err.pos})"
+    except (RecursionError, ValueError) as err:
+        return [], f"masks_json is not plain JSON ({type(err).__name__})"
     objects = data.get("objects") if isinstance(data, dict) else None
     if not isinstance(objects, list):
         return [], 'masks_json must be an object with an "objects" list'
@@ -226,7 +237,8 @@ def _rle_facts(facts: _MaskFacts, objects: list[dict[str, Any]], frames: int | N
                 continue
             size = rle.get("size") if isinstance(rle, dict) else None
             if isinstance(size, (list, tuple)) and list(size) != hw:
-                wrong.append((t, list(size)))
+                wrong.append((t, list(size)[:2]))
+                continue  # never decode (allocate) a mask of the wrong size: mask_size_matches_frame owns it
             try:
                 non_empty = bool(decode_rle(rle).any()) or non_empty
             except RleError as err:
@@ -249,15 +261,21 @@ def _inside(root: Path, rel: str) -> Path | None:
 
 
 def _png_size(path: Path, cache: dict[Path, tuple[int, int] | str]) -> tuple[int, int] | str:
-    """(width, height) from the PNG header (lazy open reads no pixels), or the error text."""
+    """(width, height) of a whole PNG, or the error text.
+
+    The header alone is not enough: a PNG cut after its header opens and reports its size, then fails
+    in the shard stage. ``verify`` reads every chunk and its checksum, without decoding the pixels.
+    """
     if path not in cache:
         from PIL import Image, UnidentifiedImageError
 
         try:
             with Image.open(path) as image:
-                cache[path] = (int(image.size[0]), int(image.size[1]))
-        except (OSError, UnidentifiedImageError) as err:
-            cache[path] = f"{type(err).__name__}: {err}"
+                size = (int(image.size[0]), int(image.size[1]))
+                image.verify()
+            cache[path] = size
+        except (OSError, UnidentifiedImageError, SyntaxError, EOFError, ValueError, Image.DecompressionBombError) as err:
+            cache[path] = f"{type(err).__name__}: {err or 'the file ends early'}"
     return cache[path]
 
 
@@ -320,6 +338,14 @@ def _mask_facts(row: dict[str, Any], root: Path, cache: dict[Path, tuple[int, in
     return facts
 
 
+def _guarded_mask_facts(row: dict[str, Any], root: Path, cache: dict[Path, tuple[int, int] | str]) -> _MaskFacts:
+    """``_mask_facts`` of one row; a cell of a shape no check foresaw fails masks_json_valid, never the stage."""
+    try:
+        return _mask_facts(row, root, cache)
+    except (RleError, TypeError, ValueError, KeyError, AttributeError, RecursionError, OverflowError) as err:
+        return _MaskFacts(readable=False, why_readable=f"masks_json holds values of the wrong type ({err})"[:500])
+
+
 def _target_rule(row: dict[str, Any], facts: _MaskFacts) -> str:
     """"need" a target, "none" allowed, or "skip" when another check already owns the problem.
 
@@ -329,8 +355,10 @@ def _target_rule(row: dict[str, Any], facts: _MaskFacts) -> str:
     exp_type, kind = _text(row.get("exp_type")), _text(row.get("mask_kind"))
     if not facts.readable or exp_type not in EXPRESSION_TYPES or _text(row.get("ingest_error")):
         return "skip"
-    if facts.decode_bad and facts.n_targets == 0:
-        return "skip"  # the target may be in the masks that do not decode: rle_decodes owns the problem
+    if (facts.decode_bad or facts.size_bad) and facts.n_targets == 0:
+        # The target may be in the masks that do not decode, or that were not decoded because their size
+        # is wrong: rle_decodes or mask_size_matches_frame owns the problem.
+        return "skip"
     if exp_type != "null":
         return "need"
     return "skip" if kind == "png" else "none"
@@ -371,6 +399,15 @@ def _duplicate_why(keys: pd.Series, names: pd.Series, label: Callable[[Any], str
     return out
 
 
+def _expression_why(text: str) -> str:
+    shown = len(visible(text))
+    if not shown:
+        return "expression is empty or only whitespace or invisible characters"
+    if shown > MAX_EXPRESSION_CHARS:
+        return f"expression has {shown} characters, more than {MAX_EXPRESSION_CHARS}"
+    return ""
+
+
 def _expression_key(text: str) -> str:
     """Whitespace- and case-insensitive form, so 'The  dog' and 'the dog' count as one expression."""
     return " ".join(text.split()).casefold()
@@ -391,7 +428,7 @@ def derive_checks(manifest: pd.DataFrame, root: Path) -> pd.DataFrame:
     rows = manifest.reset_index(drop=True).to_dict("records")
     n = len(rows)
     cache: dict[Path, tuple[int, int] | str] = {}  # PNG headers, shared by rows of one video
-    facts = [_mask_facts(r, root, cache) for r in rows]
+    facts = [_guarded_mask_facts(r, root, cache) for r in rows]
     rules = [_target_rule(r, f) for r, f in zip(rows, facts, strict=True)]
 
     out = pd.DataFrame({ROW: np.arange(n, dtype=np.int64)})
@@ -403,7 +440,7 @@ def derive_checks(manifest: pd.DataFrame, root: Path) -> pd.DataFrame:
     out["v_sample_id"] = text["sample_id"]
     out["v_video_id"] = text["video_id"]
     out["v_expression_key"] = [_expression_key(t) for t in text["expression"]]
-    out["n_expression_chars"] = np.array([len(t.strip()) for t in text["expression"]], dtype=np.int64)
+    out["n_expression_chars"] = np.array([len(visible(t)) for t in text["expression"]], dtype=np.int64)
     out["v_split"] = text["split"]
     out["v_exp_type"] = text["exp_type"]
     out["v_has_audio"] = [_flag(r.get("has_audio")) for r in rows]
@@ -429,9 +466,7 @@ def derive_checks(manifest: pd.DataFrame, root: Path) -> pd.DataFrame:
         "unique_video_expression": _duplicate_why(
             video_exp, ids, lambda k: "expression {1!r} of video {0!r}".format(*str(k).split("\x00", 1)), "sample ids"
         ),
-        "expression_not_empty": [
-            "" if t.strip() else "expression is empty or only whitespace" for t in text["expression"]
-        ],
+        "expression_not_empty": [_expression_why(t) for t in text["expression"]],
         "known_split": ["" if s in SPLITS else f"split {s!r} is not one of {', '.join(SPLITS)}" for s in text["split"]],
         "known_type": [
             "" if s in EXPRESSION_TYPES else f"exp_type {s!r} is not one of {', '.join(EXPRESSION_TYPES)}"
@@ -483,7 +518,8 @@ def _hint(check: str, row: dict[str, Any]) -> str:
             f"drop the repeated expression of video {video!r} from the annotations, or reword one copy"
         ),
         "expression_not_empty": (
-            f"write the expression text for video {video!r} in the annotations (null expressions need text too)"
+            f"write the expression text for video {video!r} in the annotations (null expressions need text too), "
+            f"at most {MAX_EXPRESSION_CHARS} characters"
         ),
         "known_split": (
             "set the split to train, val or test in the annotations "
@@ -548,7 +584,7 @@ def _build_suite(gx: Any, require_audio: str) -> Any:
         E.ExpectCompoundColumnsToBeUnique(
             column_list=["v_video_id", "v_expression_key"], meta={"check": "unique_video_expression"}
         ),
-        between("n_expression_chars", "expression_not_empty", min_value=1),
+        between("n_expression_chars", "expression_not_empty", min_value=1, max_value=MAX_EXPRESSION_CHARS),
         in_set("v_split", list(SPLITS), "known_split"),
         in_set("v_exp_type", list(EXPRESSION_TYPES), "known_type"),
         zero("n_media_bad", "media_present"),
@@ -644,14 +680,16 @@ def validate_manifest(manifest: pd.DataFrame, root: Path, policy: ValidationPoli
     for check, rows in failing.items():
         for i in rows:
             why = str(checks.at[i, f"why_{check}"]) or f"failed the {check} expectation"
+            ingest_check = _text(records[i].get("ingest_check")) if check == "ingest_ok" else ""
             entries.append(
                 QuarantineEntry(
                     sample_id=_text(records[i].get("sample_id")),
                     file=str(checks.at[i, f"file_{check}"]),
                     stage=STAGE,
-                    check=check,
+                    check=ingest_check or check,
                     reason=why,
                     hint=_hint(check, records[i]),
+                    line=_text(records[i].get("source_line")),
                 )
             )
     entries.sort(key=lambda e: (e.sample_id, e.check, e.file, e.reason))
@@ -667,6 +705,7 @@ def validate_manifest(manifest: pd.DataFrame, root: Path, policy: ValidationPoli
         bad_fraction=fraction,
         passed_policy=n_rows > 0 and fraction <= policy.max_bad_fraction,
         expectation_results={name: success[name] for name in CHECKS if name in success},
+        ingest_rows=len(failing.get("ingest_ok", ())),
     )
 
 

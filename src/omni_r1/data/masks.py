@@ -20,22 +20,59 @@ def encode_rle(mask: np.ndarray) -> dict[str, Any]:
     return {"size": [int(rle["size"][0]), int(rle["size"][1])], "counts": rle["counts"].decode("ascii")}
 
 
-def _to_coco(rle: dict[str, Any]) -> dict[str, Any]:
+MAX_MASK_PIXELS = 1 << 26  # 8192 x 8192: a declared size beyond this is refused before anything is allocated
+MAX_RLE_COUNTS = 1 << 22  # runs in one RLE (a mask of that many alternations is not a mask)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def check_rle(rle: Any, expected: tuple[int, int] | None = None) -> list[int]:
+    """The run lengths of a COCO RLE, checked without decoding pixels; ``RleError`` says what is wrong.
+
+    Checks the shape of the record, the size (positive ints, at most ``MAX_MASK_PIXELS``, equal to
+    ``expected`` (height, width) when given), the type of ``counts``, and that the runs cover exactly
+    height x width pixels. Nothing of the declared size is allocated.
+    """
     if not isinstance(rle, dict) or "size" not in rle or "counts" not in rle:
         raise RleError(f"not a COCO RLE (needs 'size' and 'counts'): {str(rle)[:80]}")
     size = rle["size"]
-    if not (isinstance(size, (list, tuple)) and len(size) == 2 and all(isinstance(s, int) and s > 0 for s in size)):
-        raise RleError(f"RLE size must be [height, width] of positive ints, got {size!r}")
+    if not (isinstance(size, (list, tuple)) and len(size) == 2 and all(_is_int(s) and s > 0 for s in size)):
+        raise RleError(f"RLE size must be [height, width] of positive ints, got {str(size)[:80]}")
+    h, w = int(size[0]), int(size[1])
+    if expected is not None and (h, w) != tuple(expected):
+        raise RleError(f"RLE size {h}x{w} is not the displayed frame size {expected[0]}x{expected[1]} (h x w)")
+    if h * w > MAX_MASK_PIXELS:
+        raise RleError(f"RLE size {h}x{w} is over {MAX_MASK_PIXELS} pixels")
     counts = rle["counts"]
     if isinstance(counts, list):  # uncompressed RLE
-        if sum(counts) != size[0] * size[1] or any((not isinstance(c, int)) or c < 0 for c in counts):
-            raise RleError(f"uncompressed RLE counts do not sum to {size[0]}x{size[1]}")
+        if len(counts) > MAX_RLE_COUNTS or not all(_is_int(c) and c >= 0 for c in counts):
+            raise RleError("uncompressed RLE counts must be a list of non-negative ints")
+        runs = [int(c) for c in counts]
+    elif isinstance(counts, (str, bytes)):
+        raw = counts.encode("ascii", "replace") if isinstance(counts, str) else counts
+        if len(raw) > 6 * MAX_RLE_COUNTS or (isinstance(counts, str) and not counts.isascii()):
+            raise RleError("compressed RLE counts must be an ASCII string of COCO's run-length code")
+        decoded = _uncompress_counts(raw)
+        if decoded is None:
+            raise RleError("RLE does not decode: its compressed counts are not COCO's run-length code")
+        runs = decoded
+    else:
+        raise RleError(f"RLE counts must be str or list, got {type(counts).__name__}")
+    if sum(runs) != h * w:
+        raise RleError(f"RLE counts do not cover exactly {h}x{w} pixels")
+    return runs
+
+
+def _to_coco(rle: dict[str, Any]) -> dict[str, Any]:
+    check_rle(rle)
+    size, counts = rle["size"], rle["counts"]
+    if isinstance(counts, list):
         return coco_mask.frPyObjects(rle, size[0], size[1])
     if isinstance(counts, str):
         return {"size": list(size), "counts": counts.encode("ascii")}
-    if isinstance(counts, bytes):
-        return {"size": list(size), "counts": counts}
-    raise RleError(f"RLE counts must be str or list, got {type(counts).__name__}")
+    return {"size": list(size), "counts": counts}
 
 
 def rle_size(rle: dict[str, Any]) -> tuple[int, int]:
@@ -46,10 +83,10 @@ def rle_size(rle: dict[str, Any]) -> tuple[int, int]:
 def decode_rle(rle: dict[str, Any]) -> np.ndarray:
     """Decode a COCO RLE (compressed or not) into a bool mask of its declared size.
 
-    Raises ``RleError`` when the counts are corrupt: pycocotools silently decodes some corrupt
-    strings, so the decoded pixel count is checked against the declared size.
+    Raises ``RleError`` when the record or its counts are corrupt: pycocotools silently decodes some
+    corrupt strings, so the runs are checked against the declared size first (``check_rle``).
     """
-    coco = _to_coco(rle)
+    coco = _to_coco(rle)  # checks the counts cover the declared size before anything is allocated
     try:
         decoded = coco_mask.decode(coco)
     except (ValueError, TypeError, UnicodeDecodeError) as err:
@@ -57,15 +94,7 @@ def decode_rle(rle: dict[str, Any]) -> np.ndarray:
     h, w = rle_size(rle)
     if decoded.shape[:2] != (h, w):
         raise RleError(f"RLE decodes to {decoded.shape[:2]}, but declares {h}x{w}")
-    if not _counts_consistent(coco, h * w):
-        raise RleError(f"RLE counts do not cover exactly {h}x{w} pixels")
     return decoded.astype(bool)
-
-
-def _counts_consistent(coco: dict[str, Any], n_pixels: int) -> bool:
-    """True when the compressed counts add up to the image size (catches truncated strings)."""
-    counts = _uncompress_counts(coco["counts"])
-    return counts is not None and sum(counts) == n_pixels
 
 
 def _uncompress_counts(s: bytes) -> list[int] | None:
