@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 from omni_r1.config import Params, load_params
 
@@ -29,3 +29,33 @@ def setup(args: argparse.Namespace) -> Params:
 def parse(p: argparse.ArgumentParser, argv: Sequence[str] | None) -> tuple[argparse.Namespace, Params]:
     args = p.parse_args(argv)
     return args, setup(args)
+
+
+def user_errors() -> tuple[type[BaseException], ...]:
+    """Errors that are a user's to fix (bad paths, data, outputs, a busy machine): one line, no traceback."""
+    from flows.fanout import FanoutStartError
+    from omni_r1.config import ConfigError
+    from omni_r1.data.formats import LayoutError
+    from omni_r1.data.paths import PathEscapeError
+    from omni_r1.data.pipeline import ManifestError
+    from omni_r1.data.shards import ShardIntegrityError
+    from omni_r1.fileio import OutputOwnershipError
+
+    return (ConfigError, LayoutError, ManifestError, OutputOwnershipError, PathEscapeError, ShardIntegrityError,
+            FanoutStartError, OSError)
+
+
+def guarded(stage: str, body: Callable[[], int]) -> int:
+    """Run a stage's body; a user's mistake becomes one logged line and exit status 2, a bug still raises."""
+    try:
+        return body()
+    except user_errors() as err:
+        logging.getLogger(f"stages.{stage}").error("%s: %s", stage, _one_line(err))
+        return 2
+
+
+def _one_line(err: BaseException) -> str:
+    text = str(err) or type(err).__name__
+    if isinstance(err, OSError) and err.filename and str(err.filename) not in text:
+        text = f"{err.filename}: {text}"
+    return " ".join(text.split())

@@ -6,6 +6,7 @@ audio into 128-bin Whisper log-mel features, written as ``<shard>.safetensors`` 
 
 from __future__ import annotations
 
+import argparse
 import logging
 import sys
 import time
@@ -13,10 +14,11 @@ from pathlib import Path
 from typing import Sequence
 
 from flows.fanout import map_chunks
+from omni_r1.config import Params
 from omni_r1.data.pipeline import featurize_shard
 from omni_r1.data.shards import verified_shards
-from omni_r1.fileio import atomic_write_json
-from stages.common import parse, parser
+from omni_r1.fileio import atomic_write_json, check_output_location, claim_output_dir
+from stages.common import guarded, parse, parser
 
 log = logging.getLogger("stages.features")
 
@@ -27,16 +29,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=Path("data/features"))
     p.add_argument("--metrics", type=Path, default=Path("data/metrics/features.json"))
     args, params = parse(p, argv)
+    return guarded("features", lambda: _run(args, params))
+
+
+FEATURE_PATTERNS = ("*.safetensors", ".*.tmp", "manifest.json")  # what the features stage writes in --out
+
+
+def _run(args: argparse.Namespace, params: Params) -> int:
+    protected = [args.shards, Path(params.data.root)]
+    check_output_location(args.metrics, protected, what="--metrics")
     entries = verified_shards(args.shards)
-    args.out.mkdir(parents=True, exist_ok=True)
-    for stale in args.out.glob("*.safetensors"):
-        stale.unlink()
+    owned = claim_output_dir(args.out, "features", protected=protected, patterns=FEATURE_PATTERNS)
+    owned.clear()
     start = time.perf_counter()
     fan = params.features.fanout
     written = map_chunks(featurize_shard, entries, common=(args.shards, args.out, params.features), stage="features",
                          unit="shard", task_runner=fan.task_runner, workers=fan.workers, address=fan.address)
     seconds = time.perf_counter() - start
     atomic_write_json(args.out / "manifest.json", {"features": written, "tokenizer": params.features.tokenizer})
+    owned.commit()
     records = sum(w["records"] for w in written)
     truncated = [video for w in written for video in w["audio_truncated_to_30s"]]
     if truncated:

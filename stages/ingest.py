@@ -5,14 +5,16 @@ No decoding: videos are probed (header and packet count) and frame folders liste
 
 from __future__ import annotations
 
+import argparse
 import logging
 import sys
 from pathlib import Path
 from typing import Sequence
 
+from omni_r1.config import Params
 from omni_r1.data.pipeline import ingest
-from omni_r1.fileio import atomic_write_json, atomic_write_parquet
-from stages.common import parse, parser
+from omni_r1.fileio import atomic_write_json, atomic_write_parquet, check_output_location
+from stages.common import guarded, parse, parser
 
 log = logging.getLogger("stages.ingest")
 
@@ -24,8 +26,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=Path("data/interim/manifest.parquet"))
     p.add_argument("--metrics", type=Path, default=Path("data/metrics/ingest.json"))
     args, params = parse(p, argv)
+    return guarded("ingest", lambda: _run(args, params))
+
+
+def _run(args: argparse.Namespace, params: Params) -> int:
     root = args.root or Path(params.data.root)
     fmt = args.format or params.data.format
+    for out, what in ((args.out, "--out"), (args.metrics, "--metrics")):
+        check_output_location(out, [root], what=what)  # a manifest written into the dataset would change it
     frame, metrics = ingest(fmt, root, params.ingest)
     atomic_write_parquet(args.out, frame)
     atomic_write_json(args.metrics, metrics)

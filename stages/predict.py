@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -19,10 +18,11 @@ from flows.fanout import map_chunks
 from omni_r1.data.shards import verified_shards
 from omni_r1.eval.native import NativeSource
 from omni_r1.eval.predict import predict_shard
-from omni_r1.fileio import atomic_write_json, atomic_write_text
+from omni_r1.fileio import atomic_write_json, atomic_write_text, claim_output_dir
 from stages.common import parse, parser
 
 log = logging.getLogger("stages.predict")
+PREDICTION_PATTERNS = ("rows.jsonl", "**/*.png", "**/.*.tmp")  # what predict writes under --out
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -36,8 +36,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--metrics", type=Path, default=Path("data/metrics/predict.json"))
     args, params = parse(p, argv)
     entries = verified_shards(args.shards, params.predict.split)
-    if args.out.exists():
-        shutil.rmtree(args.out)
+    owned = claim_output_dir(args.out, "predict", patterns=PREDICTION_PATTERNS,
+                             protected=[args.shards, args.features, args.root or Path(params.data.root)])
+    owned.clear()  # only what an earlier predict run wrote; the folder is refused if it holds anything else
     source = NativeSource.from_manifest(args.root or Path(params.data.root), args.manifest)
     fan = params.predict.fanout
     rows = [row for chunk in map_chunks(predict_shard, entries,
@@ -46,6 +47,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                         workers=fan.workers, address=fan.address)
             for row in chunk]
     atomic_write_text(args.out / "rows.jsonl", "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
+    owned.commit()
     metrics = {"samples": len({r["sample_id"] for r in rows})}
     for policy in params.predict.policies:
         mine = [r for r in rows if r["policy"] == policy]

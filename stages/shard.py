@@ -12,19 +12,19 @@ on; ``data/metrics/shard.json`` counts both, and the videos decoded and reused b
 
 from __future__ import annotations
 
+import argparse
 import logging
 import sys
 import time
 from pathlib import Path
 from typing import Sequence
 
-import pandas as pd
-
 from flows.fanout import map_chunks
-from omni_r1.data.pipeline import ResumableShardRun, decode_to_work, rows_from_frame, sampling_plan
+from omni_r1.config import Params
+from omni_r1.data.pipeline import ResumableShardRun, decode_to_work, read_manifest, rows_from_frame, sampling_plan
 from omni_r1.data.shards import group_by_video
-from omni_r1.fileio import atomic_write_json
-from stages.common import parse, parser
+from omni_r1.fileio import atomic_write_json, check_output_location
+from stages.common import guarded, parse, parser
 
 log = logging.getLogger("stages.shard")
 
@@ -39,19 +39,29 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="decoded videos of an unfinished run, kept to resume it (default <out>.work, beside the "
                         "DVC output so that DVC leaves it alone); on a Dask or Ray cluster, a folder the workers share")
     args, params = parse(p, argv)
+    return guarded("shard", lambda: _run(args, params))
+
+
+def _run(args: argparse.Namespace, params: Params) -> int:
     work = args.work or args.out.with_name(args.out.name + ".work")
     root = args.root or Path(params.data.root)
-    groups = group_by_video(rows_from_frame(pd.read_parquet(args.manifest)))
+    check_output_location(args.metrics, [root, args.out], what="--metrics")
+    groups = group_by_video(rows_from_frame(read_manifest(args.manifest, "validate")))
     plan = sampling_plan(params.data)
     start = time.perf_counter()
-    run = ResumableShardRun(groups, root, plan, args.out, work, params.shard.videos_per_shard)
+    run = ResumableShardRun(groups, root, plan, args.out, work, params.shard.videos_per_shard,
+                            protected=(args.manifest,))
     if any(run.reused):
         log.info("resuming: %d of %d videos are already decoded in %s", sum(run.reused), len(groups), work)
     fan = params.shard.fanout
-    # Absolute paths: the workers of a cluster do not share this process's working directory.
-    map_chunks(decode_to_work, run.jobs, common=(root.resolve(), plan, work.resolve()), stage="shard",
-               task_runner=fan.task_runner, workers=fan.workers, address=fan.address, on_result=run.keep)
-    manifest = run.close()
+    try:
+        # Absolute paths: the workers of a cluster do not share this process's working directory.
+        map_chunks(decode_to_work, run.jobs, common=(root.resolve(), plan, work.resolve()), stage="shard",
+                   task_runner=fan.task_runner, workers=fan.workers, address=fan.address, on_result=run.keep)
+        manifest = run.close()
+    except BaseException:
+        run.abort()
+        raise
     tally = run.tally
     metrics = tally.metrics(time.perf_counter() - start)
     atomic_write_json(args.metrics, {**metrics, "shards": len(manifest["shards"])})

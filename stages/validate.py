@@ -5,17 +5,17 @@ Fails (exit 1) when the bad fraction passes ``validate.max_bad_fraction``.
 
 from __future__ import annotations
 
+import argparse
 import logging
 import sys
 from pathlib import Path
 from typing import Sequence
 
-import pandas as pd
-
+from omni_r1.config import Params
 from omni_r1.data.expectations import ValidationPolicy, ValidationPolicyError, enforce_policy, validate_manifest
-from omni_r1.data.pipeline import quarantine_json
-from omni_r1.fileio import atomic_write_json, atomic_write_parquet
-from stages.common import parse, parser
+from omni_r1.data.pipeline import quarantine_json, read_manifest
+from omni_r1.fileio import atomic_write_json, atomic_write_parquet, check_output_location
+from stages.common import guarded, parse, parser
 
 log = logging.getLogger("stages.validate")
 
@@ -28,13 +28,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--quarantine", type=Path, default=Path("data/interim/quarantine.json"))
     p.add_argument("--metrics", type=Path, default=Path("data/metrics/validate.json"))
     args, params = parse(p, argv)
+    return guarded("validate", lambda: _run(args, params))
+
+
+def _run(args: argparse.Namespace, params: Params) -> int:
+    root = args.root or Path(params.data.root)
+    for out, what in ((args.out, "--out"), (args.quarantine, "--quarantine"), (args.metrics, "--metrics")):
+        check_output_location(out, [root, args.manifest], what=what)
     policy = ValidationPolicy(params.validate.max_bad_fraction, params.validate.require_audio)
-    report = validate_manifest(pd.read_parquet(args.manifest), args.root or Path(params.data.root), policy)
+    report = validate_manifest(read_manifest(args.manifest, "ingest"), root, policy)
     atomic_write_json(args.quarantine, quarantine_json(report.quarantine))
     atomic_write_json(args.metrics, report.metrics())
     for entry in report.quarantine:
-        log.warning("quarantined %s [%s] %s: %s (fix: %s)", entry.sample_id, entry.check, entry.file, entry.reason,
-                    entry.hint)
+        log.warning("quarantined %s [%s] %s%s: %s (fix: %s)", entry.sample_id, entry.check, entry.file,
+                    f" ({entry.line})" if entry.line else "", entry.reason, entry.hint)
     try:
         enforce_policy(report, policy)
     except ValidationPolicyError as err:

@@ -7,9 +7,10 @@ session's Prefect harness); the small tests below each check one thing about tha
 
 Where each fault is caught:
 
-- probe faults (truncated, zero-byte, not-a-video) and path traversal: ingest turns them into rows
-  with ``ingest_error``, which validation quarantines under ``ingest_ok``;
-- annotation faults (mask count, RLE, duplicate id) and a sound cue on a silent video: validation;
+- probe faults (truncated, zero-byte, not-a-video), path traversal, a frame past the end and RLEs that
+  do not decode: ingest turns them into rows with ``ingest_error`` and the ingest rule they broke
+  (``ingest_check``), which validation quarantines under that rule, naming the annotation line;
+- a duplicate id and a sound cue on a silent video: validation;
 - a file that probes cleanly but does not decode (corrupt payload): the shard stage's quarantine.
 
 Odd but valid media (no audio, 5.1 at 48 kHz, odd size, non-square pixels, variable frame rate) must
@@ -92,31 +93,33 @@ class BadCase:
 
 REENCODE = "re-encode it with `ffmpeg"
 BAD_CASES = {
-    "truncated_mp4": BadCase("truncated/0", "validate", "ingest_ok", "videos/truncated.mp4", "truncated", REENCODE),
-    "zero_byte": BadCase("empty/0", "validate", "ingest_ok", "videos/empty.mp4", "empty (0 bytes)", "re-download"),
+    "truncated_mp4": BadCase("truncated/0", "validate", "media_readable", "videos/truncated.mp4", "truncated",
+                             REENCODE),
+    "zero_byte": BadCase("empty/0", "validate", "media_readable", "videos/empty.mp4", "empty (0 bytes)",
+                         "re-download"),
     "not_a_video": BadCase(
-        "not_video/0", "validate", "ingest_ok", "videos/not_video.mp4", "not a readable media file", REENCODE
+        "not_video/0", "validate", "media_readable", "videos/not_video.mp4", "not a readable media file", REENCODE
     ),
     "corrupt_payload": BadCase("corrupt/0", "shard", "decodable", "videos/corrupt.mp4", "ffmpeg failed", REENCODE),
     "sound_cue_without_audio": BadCase(
         "no_audio/hear", "validate", "audio_present", "videos/no_audio.mp4", "no audio stream", "add an audio track"
     ),
-    "mask_count_not_frame_count": BadCase(
-        "synth_0000/past_end", "validate", "mask_count_matches_frames", "videos/synth_0000.mp4",
-        "has 21 masks for 20 frames", "one mask per frame (20 frames)",
+    "mask_past_the_last_frame": BadCase(
+        "synth_0000/past_end", "validate", "frame_index", "annotations.jsonl",
+        "frame 20 is outside the video's 20 frames", "fix the frame index",
     ),
     "undecodable_rle": BadCase(
-        "synth_0001/garbled", "validate", "rle_decodes", "videos/synth_0001.mp4", "does not decode", "re-encode"
+        "synth_0001/garbled", "validate", "rle_decodes", "annotations.jsonl", "does not decode", "re-encode"
     ),
     "truncated_rle": BadCase(
-        "synth_0001/cut", "validate", "rle_decodes", "videos/synth_0001.mp4", "do not cover exactly 64x96", "re-encode"
+        "synth_0001/cut", "validate", "rle_decodes", "annotations.jsonl", "do not cover exactly 64x96", "re-encode"
     ),
     "duplicate_id": BadCase(
         "synth_0002/0", "validate", "unique_sample_id", "videos/synth_0002.mp4", "appears on 2 rows", "own exp_id",
         also=("unique_video_expression",),  # an exact copy repeats the expression text too
     ),
     "path_traversal": BadCase(
-        "../x/0", "validate", "ingest_ok", "videos/../x", "escapes the dataset root", "re-run the ingest"
+        "../x/0", "validate", "path", "videos/../x", "escapes the dataset root", "re-run the ingest"
     ),
 }
 
@@ -337,6 +340,17 @@ def test_path_traversal_names_the_annotation_line(run: Run) -> None:
     assert "'../x.mp4'" in entry["reason"]
 
 
+def test_every_entry_names_its_annotation_line(run: Run) -> None:
+    where: dict[str, set[str]] = {}
+    for lineno, line in enumerate((run.root / "annotations.jsonl").read_text().splitlines(), start=1):
+        record = json.loads(line)
+        where.setdefault(f"{record['video_id']}/{record['exp_id']}", set()).add(f"annotations.jsonl:{lineno}")
+    for entry in run.validate_quarantine + run.shard_quarantine:
+        assert entry["line"] in where[entry["sample_id"]], entry
+    duplicated = {e["line"] for e in run.validate_quarantine if e["sample_id"] == BAD_CASES["duplicate_id"].sample_id}
+    assert duplicated == where[BAD_CASES["duplicate_id"].sample_id] and len(duplicated) == 2
+
+
 def test_both_copies_of_a_duplicate_are_quarantined(run: Run) -> None:
     case = BAD_CASES["duplicate_id"]
     assert len(run.entries(case)) == 2
@@ -361,12 +375,14 @@ def test_metrics_count_what_was_skipped(run: Run) -> None:
     n_rows = len(run.manifest)
     n_bad_validate = sum(1 for c in BAD_CASES.values() if c.report == "validate") + 1  # both duplicate copies
     assert run.metrics["ingest"]["rows"] == n_rows == 4 * SPEC.videos + 15
-    assert run.metrics["ingest"]["parse_errors"] == 4  # truncated, empty, not a video, ../x
+    # truncated, empty, not a video, ../x, a frame past the end, two RLEs that do not decode
+    assert run.metrics["ingest"]["parse_errors"] == 7
     checked = run.metrics["validate"]
     assert (checked["rows"], checked["bad"], checked["good"]) == (n_rows, n_bad_validate, n_rows - n_bad_validate)
-    assert checked["fail_ingest_ok"] == 4
+    assert checked["fail_ingest_ok"] == 7
+    assert checked["fail_media_readable"] == 3
     assert checked["fail_audio_present"] == 1
-    assert checked["fail_mask_count_matches_frames"] == 1
+    assert checked["fail_frame_index"] == 1
     assert checked["fail_rle_decodes"] == 2
     assert checked["fail_unique_sample_id"] == 2
     assert checked["fail_target_present"] == 0  # no follow-on findings for rows another check owns

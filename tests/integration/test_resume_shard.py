@@ -160,7 +160,7 @@ def test_a_failed_save_leaves_no_partial_entry(dataset: tuple[Path, Path], tmp_p
 
 @pytest.mark.parametrize("where", ["decoding", "assembling"])
 def test_full_disk_then_rerun(prefect_harness: None, dataset: tuple[Path, Path], reference: Path, tmp_path: Path,
-                              monkeypatch: pytest.MonkeyPatch, where: str) -> None:
+                              monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, where: str) -> None:
     """ENOSPC after k videos, while decoding into the work folder or while writing the shards; then a rerun."""
     k = 2
     calls = {"n": 0}
@@ -187,9 +187,11 @@ def test_full_disk_then_rerun(prefect_harness: None, dataset: tuple[Path, Path],
             real_write(self, record)
 
         monkeypatch.setattr(ShardSetWriter, "write", write)
-    with pytest.raises(OSError, match="No space left"):
-        shard.main(_argv(dataset, tmp_path))
+    caplog.clear()
+    assert shard.main(_argv(dataset, tmp_path)) == 2  # a user's problem: one line, no traceback
+    assert "No space left on device" in caplog.text
     assert not (tmp_path / "shards" / "manifest.json").exists(), "an unfinished run must not look finished"
+    assert not list((tmp_path / "shards").glob(".*.tmp")), "no half-written shard may be left behind"
     assert not list((tmp_path / "work").glob(".tmp-*")), "no half-written entry may be left behind"
     done = _video_ids_in(tmp_path / "work")
     if where == "decoding":

@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import time
 import uuid
@@ -30,9 +31,9 @@ import pandas as pd
 
 from omni_r1.config import DataParams, FeaturesParams, IngestParams
 from omni_r1.data.formats import read_layout
-from omni_r1.data.paths import safe_join
+from omni_r1.data.paths import PathEscapeError, safe_join
 from omni_r1.data.shards import SamplingPlan, ShardSetWriter, VideoRecord, build_record, group_by_video, iter_shard
-from omni_r1.fileio import atomic_write_json
+from omni_r1.fileio import OutputOwnershipError, atomic_write_json, check_output_location, claim_output_dir
 from omni_r1.data.video import MediaError
 from omni_r1.types import ManifestRow, QuarantineEntry
 
@@ -49,6 +50,27 @@ def ingest(fmt: str, root: Path, params: IngestParams) -> tuple[pd.DataFrame, di
         **{f"type_{k}": v for k, v in sorted(Counter(r.exp_type for r in rows).items())},
     }
     return frame, metrics
+
+
+class ManifestError(ValueError):
+    """A manifest file that is missing, not parquet, or not a manifest; names the file and the stage that writes it."""
+
+
+def read_manifest(path: Path, written_by: str) -> pd.DataFrame:
+    """A manifest parquet with every ``ManifestRow`` column, or ``ManifestError`` saying which stage to (re)run."""
+    import pyarrow as pa
+
+    if not path.is_file():
+        raise ManifestError(f"{path} does not exist; run the {written_by} stage first (or pass --manifest)")
+    try:
+        frame = pd.read_parquet(path)
+    except (pa.ArrowException, OSError, ValueError) as err:
+        raise ManifestError(f"{path} is not a readable parquet manifest ({err}); rerun the {written_by} stage") from err
+    missing = [c for c in ManifestRow.__dataclass_fields__ if c not in frame.columns]
+    if missing:
+        raise ManifestError(f"{path} lacks column(s) {', '.join(missing)}; rerun the {written_by} stage "
+                            "(it was written by an older version)")
+    return frame
 
 
 def rows_from_frame(frame: pd.DataFrame) -> list[ManifestRow]:
@@ -87,9 +109,17 @@ def shard_video(rows: Sequence[ManifestRow], root: Path, plan: SamplingPlan) -> 
     start = time.perf_counter()
     try:
         record = build_record(root, rows, plan)
+    except PathEscapeError as err:  # a link changed since ingest: the row's file now points out of the root
+        err = MediaError(first.source_file, str(err), "copy the file into the dataset root and rerun ingest")
+        entries = tuple(
+            QuarantineEntry(row.sample_id, first.source_file, "shard", "path", err.reason, err.hint, row.source_line)
+            for row in rows
+        )
+        return ShardOutcome(first.video_id, first.split, len(rows), None, entries, time.perf_counter() - start)
     except MediaError as err:
         entries = tuple(
-            QuarantineEntry(row.sample_id, _relative(err.path, root), "shard", "decodable", err.reason, err.hint)
+            QuarantineEntry(row.sample_id, _relative(err.path, root), "shard", "decodable", err.reason, err.hint,
+                            row.source_line)
             for row in rows
         )
         return ShardOutcome(first.video_id, first.split, len(rows), None, entries, time.perf_counter() - start)
@@ -175,16 +205,21 @@ class ShardTally:
         }
 
 
+SHARD_PATTERNS = ("*.tar", ".*.tmp", "manifest.json", "quarantine.json")  # what the shard stage writes in --out
+
+
 class ShardSink:
     """Streams shard outcomes to disk in arrival order: records into the shard writer, counts into a tally.
 
-    Stale shards of an earlier run are removed first so that they never mix with this one; the
-    quarantine report and then the shard manifest (the completion marker) are written by ``close``.
+    The output folder is claimed first (``claim_output_dir``: never the dataset root, nor inside it,
+    nor a folder of someone else's files); the shards of an earlier run are removed so that they never
+    mix with this one, and nothing else is. The quarantine report and then the shard manifest (the
+    completion marker) are written by ``close``.
     """
 
-    def __init__(self, out_dir: Path, videos_per_shard: int) -> None:
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
+    def __init__(self, out_dir: Path, videos_per_shard: int, protected: Sequence[Path] = ()) -> None:
+        self.owned = claim_output_dir(out_dir, "shard", protected=protected, patterns=SHARD_PATTERNS)
+        self.owned.clear()
         self.out_dir = out_dir
         self.writer = ShardSetWriter(out_dir, videos_per_shard)
         self.tally = ShardTally()
@@ -197,7 +232,13 @@ class ShardSink:
 
     def close(self, plan: SamplingPlan) -> dict[str, Any]:
         atomic_write_json(self.out_dir / "quarantine.json", quarantine_json(self.tally.quarantine))
-        return self.writer.close({"sampling": vars(plan)})
+        manifest = self.writer.close({"sampling": vars(plan)})
+        self.owned.commit()
+        return manifest
+
+    def abort(self) -> None:
+        """Delete the shards still being written; finished ones stay, unlisted, for the next run to replace."""
+        self.writer.abort()
 
 
 # ----------------------------------------------------------------------------------------------- resumable shard
@@ -262,6 +303,19 @@ class ShardWork:
     def __init__(self, path: Path) -> None:
         self.path = path
 
+    def check_owned(self) -> None:
+        """Refuse a work folder that holds anything but work entries: ``clear`` would delete it."""
+        if not self.path.is_dir():
+            if self.path.exists():
+                raise OutputOwnershipError(f"--work {self.path} is a file; give the shard stage a folder of its own")
+            return
+        foreign = sorted(p.name for p in self.path.iterdir() if not _is_work_entry(p))
+        if foreign:
+            raise OutputOwnershipError(
+                f"--work {self.path} holds files that are not shard work entries ({', '.join(foreign[:3])}); "
+                "choose an empty or new folder (default: <out>.work)"
+            )
+
     def has(self, key: str) -> bool:
         return (self.path / key / _OUTCOME_NAME).is_file()
 
@@ -312,7 +366,22 @@ class ShardWork:
                 shutil.rmtree(tmp, ignore_errors=True)
 
     def clear(self) -> None:
-        shutil.rmtree(self.path, ignore_errors=True)
+        """Remove the work entries (and nothing else), then the folder if that left it empty."""
+        if not self.path.is_dir():
+            return
+        for entry in self.path.iterdir():
+            if _is_work_entry(entry):
+                shutil.rmtree(entry, ignore_errors=True)
+        if not any(self.path.iterdir()):
+            self.path.rmdir()
+
+
+_WORK_ENTRY = re.compile(r"^(\.tmp-)?[0-9a-f]{64}(-[0-9a-f]{32})?$")
+
+
+def _is_work_entry(path: Path) -> bool:
+    """A folder the shard stage made in its work folder: ``<sha256 key>`` or ``.tmp-<key>-<uuid>``."""
+    return path.is_dir() and not path.is_symlink() and _WORK_ENTRY.match(path.name) is not None
 
 
 def _outcome_json(outcome: ShardOutcome) -> dict[str, Any]:
@@ -361,16 +430,20 @@ class ResumableShardRun:
     """
 
     def __init__(self, groups: Sequence[Sequence[ManifestRow]], root: Path, plan: SamplingPlan, out_dir: Path,
-                 work_dir: Path, videos_per_shard: int) -> None:
+                 work_dir: Path, videos_per_shard: int, protected: Sequence[Path] = ()) -> None:
         self.plan = plan
+        guarded = (root, *protected)
+        check_output_location(work_dir, guarded, what="--work")
+        check_output_location(work_dir, (out_dir,), what="--work")
         self.work = ShardWork(work_dir)
+        self.work.check_owned()
+        self.sink = ShardSink(out_dir, videos_per_shard, guarded)
         self.work.discard_partial()
         fingerprint = decoding_fingerprint()
         self.keys = [work_key(rows, root, plan, fingerprint) for rows in groups]
         self.reused = [self.work.has(key) for key in self.keys]
         self._fresh = [i for i, reused in enumerate(self.reused) if not reused]
         self.jobs = [ShardJob(tuple(groups[i]), self.keys[i]) for i in self._fresh]
-        self.sink = ShardSink(out_dir, videos_per_shard)
         self._written = 0  # videos written into the shards so far, in video order
         self._arrived = 0  # fresh outcomes received so far
 
@@ -393,6 +466,10 @@ class ResumableShardRun:
         manifest = self.sink.close(self.plan)
         self.work.clear()
         return manifest
+
+    def abort(self) -> None:
+        """After a failure: no half-written shard stays behind; decoded videos stay in the work folder."""
+        self.sink.abort()
 
     def _write_through(self, stop: int) -> None:
         while self._written < stop:

@@ -19,6 +19,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import tarfile
 import tempfile
 from dataclasses import dataclass
@@ -31,8 +32,16 @@ from PIL import Image
 from omni_r1.data.masks import encode_rle
 from omni_r1.fileio import atomic_write_text, publish
 from omni_r1.data.paths import check_key, safe_join, sample_key
-from omni_r1.data.video import decode_audio, decode_video, fit_size, frame_times, load_frames, sample_indices
-from omni_r1.types import AUDIO_RATE, ManifestRow, MaskTrack, ObjectMasks, Sample
+from omni_r1.data.video import (
+    MediaError,
+    decode_audio,
+    decode_video,
+    fit_size,
+    frame_times_and_lead,
+    load_frames,
+    sample_indices,
+)
+from omni_r1.types import AUDIO_RATE, SPLITS, ManifestRow, MaskTrack, ObjectMasks, Sample
 
 MANIFEST_NAME = "manifest.json"
 MEMBER_MTIME = 946_684_800  # 2000-01-01 UTC: every tar member's mtime, so that shards are reproducible
@@ -108,11 +117,11 @@ def build_record(root: Path, rows: Sequence[ManifestRow], plan: SamplingPlan) ->
     high_size = fit_size(first.width, first.height, plan.high_res, plan.high_pixels)
     if first.media_kind == "video":
         path = safe_join(root, first.video_path)
-        times = frame_times(path)
+        times, lead = frame_times_and_lead(path)
         indices = sample_indices(times, plan.fps, plan.max_frames)
         duration = float(times[-1] + 1.0 / first.fps) if len(times) else 0.0
         decoded = decode_video(path, indices.tolist(), low_size, high_size, with_audio=first.has_audio,
-                               duration=duration)
+                               duration=duration, video_lead=lead)
         low, high, audio = decoded.low_res, decoded.high_res, decoded.audio
         frames_decoded = len(times)
     else:
@@ -164,8 +173,11 @@ def _mask_track(root: Path, row: ManifestRow) -> MaskTrack:
 
 
 def _png_rle(path: Path) -> dict[str, Any] | None:
-    with Image.open(path) as img:
-        mask = np.asarray(img.convert("L")) > 0
+    try:
+        with Image.open(path) as img:
+            mask = np.asarray(img.convert("L")) > 0
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:  # truncated, corrupt, not a PNG
+        raise MediaError(path, f"mask PNG does not decode ({err})", "re-export the mask PNG") from err
     return encode_rle(mask) if mask.any() else None
 
 
@@ -184,6 +196,7 @@ class _TarShard:
     """
 
     def __init__(self, path: Path) -> None:
+        self._path = path
         self._file = path.open("wb")
         self._digest = hashlib.sha256()
         self._written = 0
@@ -201,6 +214,11 @@ class _TarShard:
         for part in parts:
             self._write(part)
         self._write(tarfile.NUL * (-info.size % tarfile.BLOCKSIZE))
+
+    def discard(self) -> None:
+        """Close the file and delete it: the shard is not finished and never will be."""
+        self._file.close()
+        self._path.unlink(missing_ok=True)
 
     def close(self) -> str:
         """End the archive, close the file and return its sha256."""
@@ -227,6 +245,7 @@ class ShardSetWriter:
         self.videos_per_shard = videos_per_shard
         self.entries: list[dict[str, Any]] = []
         self._open: dict[str, tuple[Any, Any, Path, int, int]] = {}
+        self._keys: dict[str, list[str]] = {}
         self._counts: dict[str, int] = {}
         out_dir.mkdir(parents=True, exist_ok=True)
 
@@ -246,6 +265,7 @@ class ShardSetWriter:
         tmp, writer, final, videos, samples = state
         for name, parts in members:
             writer.add(f"{record.key}.{name}", parts)
+        self._keys.setdefault(record.split, []).append(record.key)
         self._open[record.split] = (tmp, writer, final, videos + 1, samples + len(record.expressions))
 
     def _finish(self, split: str) -> None:
@@ -253,7 +273,13 @@ class ShardSetWriter:
         digest = writer.close()
         publish(tmp, final)
         self.entries.append({"name": final.name, "split": split, "videos": videos, "samples": samples,
-                             "sha256": digest, "bytes": final.stat().st_size})
+                             "sha256": digest, "bytes": final.stat().st_size, "keys": self._keys.pop(split, [])})
+
+    def abort(self) -> None:
+        """Close and delete the shards still being written (a failed run leaves no ``.tmp`` tars)."""
+        for split in list(self._open):
+            tmp, writer, *_ = self._open.pop(split)
+            writer.discard()
 
     def close(self, extra: dict[str, Any] | None = None) -> dict[str, Any]:
         for split in sorted(self._open):
@@ -274,11 +300,49 @@ def sha256_file(path: Path) -> str:
 # ----------------------------------------------------------------------------------------------- reading
 
 
+_SHARD_NAME = re.compile(r"^(?P<split>[a-z]+)-\d{6}\.tar$")
+_RERUN = "rerun the shard stage (dvc repro shard) instead of editing the manifest"
+
+
 def load_manifest(shard_dir: Path) -> dict[str, Any]:
+    """The shard manifest, cross-checked: every entry well formed, names and keys unique, split as named."""
     path = shard_dir / MANIFEST_NAME
     if not path.is_file():
         raise ShardIntegrityError(f"{path} is missing: the shard set is incomplete; rerun the shard stage")
-    return json.loads(path.read_text())
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
+        raise ShardIntegrityError(f"{path} is not readable JSON ({err}); {_RERUN}") from err
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("shards"), list):
+        raise ShardIntegrityError(f"{path} must be an object with a 'shards' list; {_RERUN}")
+    names: set[str] = set()
+    keys: dict[str, str] = {}
+    for entry in manifest["shards"]:
+        _check_entry(path, entry, names, keys)
+    return manifest
+
+
+def _check_entry(path: Path, entry: Any, names: set[str], keys: dict[str, str]) -> None:
+    """One manifest entry: its fields, a name of its split, and names and keys seen nowhere else."""
+    fields = {"name": str, "split": str, "videos": int, "samples": int, "sha256": str, "keys": list}
+    if not isinstance(entry, dict) or any(not isinstance(entry.get(k), t) for k, t in fields.items()):
+        raise ShardIntegrityError(f"{path}: entry {str(entry)[:120]} lacks one of {', '.join(fields)}; {_RERUN}")
+    name, split = entry["name"], entry["split"]
+    match = _SHARD_NAME.match(name)
+    if match is None or split not in SPLITS or match["split"] != split:
+        raise ShardIntegrityError(f"{path}: shard {name!r} is listed under split {split!r}; a {split}-NNNNNN.tar "
+                                  f"shard holds that split only; {_RERUN}")
+    if name in names:
+        raise ShardIntegrityError(f"{path}: shard {name!r} is listed twice; {_RERUN}")
+    names.add(name)
+    if len(entry["keys"]) != entry["videos"]:
+        raise ShardIntegrityError(f"{path}: shard {name!r} lists {len(entry['keys'])} keys for {entry['videos']} "
+                                  f"videos; {_RERUN}")
+    for key in entry["keys"]:
+        if not isinstance(key, str) or key in keys:
+            raise ShardIntegrityError(f"{path}: key {str(key)[:100]!r} of shard {name!r} is also in shard "
+                                      f"{keys.get(str(key), name)!r}; {_RERUN}")
+        keys[key] = name
 
 
 def verified_shards(shard_dir: Path, split: str | None = None) -> list[dict[str, Any]]:
@@ -323,10 +387,24 @@ def _entry_records(shard_dir: Path, entry: dict[str, Any]) -> Iterator[dict[str,
     count = 0
     for raw in wds.WebDataset(url, shardshuffle=False, empty_check=False):
         count += 1
-        yield _decode_record(raw)
+        record = _decode_record(raw)
+        _check_record(record, entry, url, count)
+        yield record
     if count != entry["videos"]:
         raise ShardIntegrityError(f"{url} holds {count} records, the manifest says {entry['videos']}; "
                                   "rerun the shard stage")
+
+
+def _check_record(record: dict[str, Any], entry: dict[str, Any], url: str, position: int) -> None:
+    """A record belongs where the manifest puts it: the entry's split, the entry's key at its position."""
+    split = record["meta"].get("split") if isinstance(record["meta"], dict) else None
+    if split != entry["split"]:
+        raise ShardIntegrityError(f"shard {entry['name']} ({url}) holds a {split!r} record ({record['key']!r}) but "
+                                  f"is listed under split {entry['split']!r}; {_RERUN}")
+    keys = entry["keys"]
+    if position > len(keys) or keys[position - 1] != record["key"]:
+        raise ShardIntegrityError(f"shard {entry['name']} ({url}) holds record {record['key']!r} where the manifest "
+                                  f"lists {keys[position - 1] if position <= len(keys) else 'nothing'!r}; {_RERUN}")
 
 
 def read_samples(shard_dir: Path, split: str | None = None) -> Iterator[Sample]:

@@ -37,6 +37,9 @@ from PIL import Image
 from omni_r1.data.ffmpeg import ffmpeg_exe
 from omni_r1.types import AUDIO_RATE
 
+# Audio placed by its timestamps from the start of the file's timeline: silence before a late start and
+# in gaps (a raw f32le output otherwise concatenates the samples, moving late audio to the start).
+_ALIGN_AUDIO = "aresample=async=1:first_pts=0"
 _REENCODE_HINT = "re-download it, or re-encode it with `ffmpeg -i {path} -c:v libx264 -c:a aac fixed.mp4`"
 # Frame durations may jitter by one tick of the stream's time base (e.g. 33/34 ms for 30 fps in a
 # 1 ms time base) without the rate being variable; beyond that and this fraction, it is variable.
@@ -105,6 +108,9 @@ class _Scan:
     has_audio: bool
     audio_channels: int
     audio_rate: int
+    # Seconds from the start of the file's timeline (its earliest stream) to the first video frame: how
+    # much of the audio, aligned by timestamps, comes before frame 0.
+    video_lead: float = 0.0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -119,6 +125,15 @@ def probe(path: Path) -> MediaProbe:
 def frame_times(path: Path) -> np.ndarray:
     """Presentation time in seconds of every video frame, in presentation order, first at 0."""
     return _scan(Path(path)).times
+
+
+def frame_times_and_lead(path: Path) -> tuple[np.ndarray, float]:
+    """``frame_times`` and the seconds between the file's first timestamp (of any stream) and frame 0.
+
+    ``decode_video(..., video_lead=...)`` uses the lead to align the audio with the frames.
+    """
+    scan = _scan(Path(path))
+    return scan.times, scan.video_lead
 
 
 def probe_with_times(path: Path) -> tuple[MediaProbe, np.ndarray]:
@@ -219,6 +234,8 @@ def _demux(
     time_base = float(video.time_base) if video.time_base else 1.0
     raw = np.sort(np.asarray(stamps, dtype=np.int64))
     times = (raw - raw[0]).astype(np.float64) * time_base
+    file_start = container.start_time / 1e6 if container.start_time is not None else 0.0  # AV_TIME_BASE units
+    video_lead = max(0.0, float(raw[0]) * time_base - file_start)
     frame_duration = last_duration * time_base if last_duration else _typical_step(times, video)
     return _Scan(
         times=times,
@@ -231,6 +248,7 @@ def _demux(
         has_audio=audio is not None,
         audio_channels=audio.codec_context.layout.nb_channels if audio is not None else 0,
         audio_rate=audio.codec_context.sample_rate if audio is not None else 0,
+        video_lead=video_lead,
     )
 
 
@@ -340,6 +358,7 @@ def decode_video(
     with_audio: bool,
     duration: float,
     threads: int = 1,
+    video_lead: float = 0.0,
 ) -> DecodedVideo:
     """Decode the native frames ``indices`` (strictly increasing) at two sizes, plus 16 kHz mono audio.
 
@@ -352,6 +371,11 @@ def decode_video(
     several videos at once, one ffmpeg each: frame-threaded decoding then only adds synchronisation,
     and two such decodes on two cores gave about 15% fewer frames/s (bench/shard_throughput.py).
     0 lets ffmpeg choose, which is faster for a single video on an otherwise idle machine.
+
+    Audio is aligned with the frames by timestamps: an audio stream that starts after the video is
+    padded with silence at its start (and gaps inside it are filled), and ``video_lead`` seconds of
+    audio from before the first frame (``frame_times_and_lead``) are dropped, so audio sample
+    ``round(t * 16000)`` is heard at frame time ``t``.
     """
     path = Path(path)
     wanted = _checked_indices(indices)
@@ -371,7 +395,8 @@ def decode_video(
         high = _frames(np.frombuffer(high_bytes, dtype=np.uint8), high_size, path)
         low_bytes = np.fromfile(low_file, dtype=np.uint8) if low_file.exists() else np.zeros(0, np.uint8)
         low = _frames(low_bytes, low_size, path)
-        audio = _fit_audio(np.fromfile(audio_file, dtype="<f4"), duration) if with_audio else np.zeros(0, np.float32)
+        audio = (_fit_audio(np.fromfile(audio_file, dtype="<f4")[round(video_lead * AUDIO_RATE):], duration)
+                 if with_audio else np.zeros(0, np.float32))
     received = min(len(low), len(high))
     if received < len(wanted) or len(low) != len(high):
         raise MediaError(
@@ -418,7 +443,8 @@ def decode_audio(path: Path, duration: float) -> np.ndarray:
     _check_file(path)
     command = [
         ffmpeg_exe(), "-nostdin", "-hide_banner", "-loglevel", "error", "-xerror",
-        "-i", str(path), "-map", "0:a:0", "-ac", "1", "-ar", str(AUDIO_RATE), "-f", "f32le", "pipe:1",
+        "-i", str(path), "-map", "0:a:0", "-af", _ALIGN_AUDIO, "-ac", "1", "-ar", str(AUDIO_RATE), "-f", "f32le",
+        "pipe:1",
     ]  # fmt: skip
     result = subprocess.run(command, stdin=subprocess.DEVNULL, capture_output=True, check=False)
     if result.returncode != 0:
@@ -494,7 +520,8 @@ def _decode_command(
         "-map", "[low]", *raw_video, str(low_file),
     ]  # fmt: skip
     if audio_file is not None:
-        command += ["-map", "0:a:0", "-ac", "1", "-ar", str(AUDIO_RATE), "-f", "f32le", str(audio_file)]
+        command += ["-map", "0:a:0", "-af", _ALIGN_AUDIO, "-ac", "1", "-ar", str(AUDIO_RATE), "-f", "f32le",
+                    str(audio_file)]
     return command
 
 
