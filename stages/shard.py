@@ -45,6 +45,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _run(args: argparse.Namespace, params: Params) -> int:
     work = args.work or args.out.with_name(args.out.name + ".work")
     root = args.root or Path(params.data.root)
+    check_output_location(args.out, [root, args.manifest], what="--out")
     check_output_location(args.metrics, [root, args.out], what="--metrics")
     groups = group_by_video(rows_from_frame(read_manifest(args.manifest, "validate")))
     plan = sampling_plan(params.data)

@@ -144,3 +144,18 @@ def make_audio_only(path: Path, *, seconds: float = 1, rate: int = 22050) -> Pat
     """An audio file with no video stream (a WAV, RefAVS-style, at an unusual rate)."""
     _ffmpeg(*_audio_source(seconds, rate, 2), "-c:a", "pcm_s16le", str(path))
     return Path(path)
+
+
+def make_late_audio(path: Path, *, seconds: float = 6, delay: float = 2, tone: float = 2) -> Path:
+    """A video of ``seconds`` whose audio stream starts ``delay`` s after it: a ``tone`` s sine, then nothing.
+
+    Played, the tone sounds at ``delay`` .. ``delay + tone`` s of the video; real recordings often have
+    such offsets between their streams.
+    """
+    _ffmpeg(
+        "-f", "lavfi", "-i", f"testsrc2=size=96x64:rate=10:duration={seconds}",
+        "-itsoffset", str(delay), "-f", "lavfi", "-i", f"sine=frequency=440:sample_rate=16000:duration={tone}",
+        "-map", "0:v", "-map", "1:a", "-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p",
+        "-c:a", "aac", str(path),
+    )  # fmt: skip
+    return Path(path)

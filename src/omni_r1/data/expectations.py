@@ -486,7 +486,30 @@ def derive_checks(manifest: pd.DataFrame, root: Path) -> pd.DataFrame:
     for name in CHECKS:
         out[f"why_{name}"] = list(why[name])
         out[f"file_{name}"] = [f.culprit.get(name, s) for f, s in zip(facts, source, strict=True)]
+    _only_ingest_ok(out, [bool(e) for e in text["ingest_error"]])
     return out
+
+
+# What a row that failed ingest shows every other check: values that pass. Its fields are placeholders
+# (or the unparsed text), and findings on them would send a person after the wrong fix, or, through the
+# uniqueness checks, quarantine a good row that happens to share a placeholder with it.
+_PASSING = {"v_split": "train", "v_exp_type": "referring", "v_has_audio": True, "n_expression_chars": 1,
+            "n_media_bad": 0, "masks_readable": True, "n_mask_files_bad": 0, "n_mask_count_bad": 0,
+            "n_mask_size_bad": 0, "n_rle_bad": 0, "target_rule": "skip"}
+
+
+def _only_ingest_ok(out: pd.DataFrame, erred: list[bool]) -> None:
+    """Rows ingest could not parse fail ``ingest_ok`` and nothing else (one fault, one finding)."""
+    rows = np.flatnonzero(np.asarray(erred, dtype=bool))
+    if rows.size == 0:
+        return
+    for column, value in _PASSING.items():
+        out.loc[rows, column] = value
+    out.loc[rows, "v_sample_id"] = [f"\x00ingest-error-{i}" for i in rows]  # never equal to a real id
+    out.loc[rows, "v_expression_key"] = [f"\x00ingest-error-{i}" for i in rows]
+    for name in CHECKS:
+        if name != "ingest_ok":
+            out.loc[rows, f"why_{name}"] = ""
 
 
 # --------------------------------------------------------------------------- hints

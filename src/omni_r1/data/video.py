@@ -21,6 +21,7 @@ Sizes passed around here are ``(width, height)``, as ``fit_size`` returns them; 
 from __future__ import annotations
 
 import math
+import os
 import re
 import subprocess
 import tempfile
@@ -182,6 +183,9 @@ def _scan(path: Path) -> _Scan:
 def _check_file(path: Path) -> None:
     if not path.is_file():
         raise MediaError(path, "file does not exist", "check the dataset root and the path in the annotations")
+    if not os.access(path, os.R_OK):
+        raise MediaError(path, "permission denied: this user cannot read the file",
+                         f"make it readable (`chmod a+r {path}`) or run as a user who can read it")
     if path.stat().st_size == 0:
         hint = "re-download or re-export it; an interrupted copy leaves empty files"
         raise MediaError(path, "file is empty (0 bytes)", hint)

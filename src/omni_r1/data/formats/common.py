@@ -19,7 +19,7 @@ from PIL import Image, UnidentifiedImageError
 
 from omni_r1.types import BENCHMARK_SPLITS, EXPRESSION_TYPES, ManifestRow
 
-MAX_ID_CHARS = 200  # video, expression and object ids (a file name is at most 255 bytes)
+MAX_ID_CHARS = 250  # video, expression and object ids: a file name is at most 255 bytes, with ".webm"
 MAX_EXPRESSION_CHARS = 4000  # a referring or reasoning expression is a sentence or a paragraph, not a book
 MAX_CUE_CHARS = 64
 MAX_SPLIT_CHARS = 64
@@ -51,6 +51,21 @@ def shown(value: Any) -> str:
     return safe_text(text)
 
 
+def json_type(value: Any) -> str:
+    """The JSON name of a value's type, as a person who wrote the annotation would say it."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, (int, float)):
+        return "number"
+    if isinstance(value, dict):
+        return "object"
+    if isinstance(value, (list, tuple)):
+        return "array"
+    return "string" if isinstance(value, str) else type(value).__name__
+
+
 def safe_text(value: Any, limit: int = MAX_SHOWN_CHARS) -> str:
     """Any value as storable text: str, at most ``limit`` chars, lone surrogates and NULs replaced."""
     text = value if isinstance(value, str) else ("" if value is None else repr(value))
@@ -77,7 +92,7 @@ def visible(text: str) -> str:
 def check_text(value: Any, field: str, *, limit: int, check: str, fix: str) -> str:
     """A string field: a str, valid Unicode, at most ``limit`` chars, with something visible in it."""
     if not isinstance(value, str):
-        raise RowProblem(check, f"{field} must be a string, got {type(value).__name__} {shown(value)}; {fix}")
+        raise RowProblem(check, f"{field} must be a string, got {json_type(value)} {shown(value)}; {fix}")
     if len(value) > limit:
         raise RowProblem(check, f"{field} has {len(value)} characters, more than {limit}; {fix}")
     if _has_surrogates(value):
