@@ -41,7 +41,7 @@ test: venv
 	$(BIN)/python -m pytest -m "not slow and not gpu and not weights" -q
 
 test-all: venv
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --hypothesis-profile=thorough
 
 bench: venv
 	$(BIN)/python bench/shard_throughput.py

@@ -24,6 +24,25 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 REPO = Path(__file__).resolve().parents[1]
 
 
+def _hypothesis_profiles() -> None:
+    """Property tests: a few fixed examples under ``make test``, many random ones under ``make test-all``.
+
+    ``bounded`` (the default) is derandomized, so CI runs the same examples every time; ``thorough``
+    (``--hypothesis-profile=thorough``) explores. Neither keeps an example database in the checkout.
+    """
+    from hypothesis import HealthCheck, settings
+
+    common = dict(deadline=None, database=None,
+                  suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture,
+                                         HealthCheck.data_too_large, HealthCheck.large_base_example])
+    settings.register_profile("bounded", max_examples=5, derandomize=True, **common)
+    settings.register_profile("thorough", max_examples=60, **common)
+    settings.load_profile("bounded")
+
+
+_hypothesis_profiles()
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     import torch
 
