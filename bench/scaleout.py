@@ -12,17 +12,17 @@ What is measured
 - Two Dask ``LocalCluster`` s are started once, before any timing: 1 and 2 worker processes of one
   thread each (``fanout.workers`` means the same). Their start-up is printed, not counted: a user who
   scales out runs a cluster and names it in ``shard.fanout.address``, which is what each timed run
-  does. Each cluster first runs the stage once untimed (its workers import Prefect and the
-  decoding modules on first use).
+  does. Each cluster first runs the stage once untimed (its workers import the decoding
+  modules on first use).
 - One timed run: the shard stage's own path (``stages/shard.py``): ``ResumableShardRun`` over a
-  fresh work folder -> ``flows.fanout.map_chunks(decode_to_work, ..., task_runner="dask",
+  fresh work folder -> ``omni_r1.fanout.fan_out(decode_to_work, ..., task_runner="dask",
   address=<cluster>)`` -> ``close()`` (shards from the work entries, manifest last). Frames =
   ``decoded frames`` of the tally (native frames the decoder went through); frames/s = frames /
-  wall seconds. Prefect's flow start per run (about 1 s) is inside the figure, as in the stage.
+  wall seconds. The client's connection to the cluster per run is inside the figure, as in the stage.
 - ``--repeats`` runs of each, alternating 1 and 2 workers; medians and their ratio are printed, the
   ratio line last:
   ``ratio 2/1 workers = 1.62 (2 workers 930 frames/s, 1 worker 574 frames/s, 16 videos x 250 frames, dask)``.
-  The ideal on 2 cores is 2.0; the parent's shard writing and Prefect's API are shared by both.
+  The ideal on 2 cores is 2.0; the parent's shard writing is shared by both.
 """
 
 from __future__ import annotations
@@ -38,13 +38,13 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import shard_throughput as base  # noqa: E402  (sets Prefect's offline defaults before Prefect is imported)
+import shard_throughput as base  # noqa: E402  (turns progress bars off before tqdm is imported)
 
 from omni_r1.config import IngestParams  # noqa: E402
 from omni_r1.data.pipeline import ResumableShardRun, decode_to_work, ingest, rows_from_frame  # noqa: E402
 from omni_r1.data.shards import SamplingPlan, group_by_video  # noqa: E402
 from omni_r1.types import ManifestRow  # noqa: E402
-from flows.fanout import shared_api_for_subprocesses  # noqa: E402
+from omni_r1.fanout import fan_out  # noqa: E402
 
 WORKER_COUNTS = (1, 2)
 
@@ -71,13 +71,11 @@ def local_clusters(counts: Sequence[int]) -> Iterator[dict[int, Any]]:
 def time_stage(groups: list[list[ManifestRow]], root: Path, plan: SamplingPlan, scratch: Path, address: str,
                workers: int) -> base.Timing:
     """The shard stage's resumable path on the cluster at ``address``; frames from its tally."""
-    from flows.fanout import map_chunks
-
     out_dir, work_dir = scratch / "shards", scratch / "shards.work"
     cpu, start = base.cpu_seconds(), time.perf_counter()
     run = ResumableShardRun(groups, root, plan, out_dir, work_dir, base.VIDEOS_PER_SHARD)
-    map_chunks(decode_to_work, run.jobs, common=(root, plan, work_dir), stage="shard", task_runner="dask",
-               workers=workers, address=address, on_result=run.keep)
+    fan_out(decode_to_work, run.jobs, common=(root, plan, work_dir), task_runner="dask", workers=workers,
+            address=address, on_result=run.keep)
     run.close()
     seconds, cpu = time.perf_counter() - start, base.cpu_seconds() - cpu
     tally = run.tally
@@ -130,7 +128,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     scratch = Path(tempfile.mkdtemp(prefix=".scaleout-", dir=bench.root.parent))
     timings: dict[int, list[base.Timing]] = {count: [] for count in WORKER_COUNTS}
     try:
-        with shared_api_for_subprocesses("dask"), local_clusters(WORKER_COUNTS) as clusters:
+        with local_clusters(WORKER_COUNTS) as clusters:
             for count, cluster in clusters.items():
                 warm = time_stage(groups, bench.root, plan, scratch, cluster.scheduler_address, count)
                 print(f"warm-up on {count} worker(s): {warm.fps:.0f} frames/s ({warm.seconds:.2f} s)")

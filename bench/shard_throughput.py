@@ -15,19 +15,17 @@ What is measured
   ffmpeg processes at a time. Frames = native video frames of all videos (from the PyAV probe);
   frames/s = frames / wall seconds.
 - shard: the stage's own path (``stages/shard.py``): ``ingest`` -> ``rows_from_frame`` ->
-  ``group_by_video`` -> ``flows.fanout.map_chunks(shard_video, ...)`` with records written by a
+  ``group_by_video`` -> ``omni_r1.fanout.fan_out(shard_video, ...)`` with records written by a
   ``ShardSink`` (the stage's writer) as they arrive, then ``sink.close()``. Frames =
   ``ShardTally.frames_decoded`` (native frames the decoder went through); frames/s = frames / wall
-  seconds of map_chunks + close. Ingest (probing) is timed once and reported apart.
-- Prefect's ephemeral API start (seconds, once per process) is a fixed cost per stage run, not
-  throughput: the first stage run of the process is reported as the "cold" figure and also warms
-  Prefect up; the timed repeats come after it. With ``--task-runner process`` one API server is
-  started for the whole benchmark (as the stage does per run), so each timed run still pays for
-  spawning its worker processes.
+  seconds of fan_out + close. Ingest (probing) is timed once and reported apart.
+- The stage starts no orchestrator (no Prefect server): the first run of the process is reported as
+  the "cold" figure (first imports, page cache); the timed repeats come after it. With
+  ``--task-runner process`` each timed run pays for spawning its worker processes, as the stage does.
 - Each measurement runs ``--repeats`` times, alternating raw and shard; the medians and their ratio
   are printed, the ratio line last:
   ``ratio shard/raw = 0.83 (shard 912 frames/s, raw 1098 frames/s, 16 videos x 250 frames, ...)``.
-- CPU seconds per frame of each (this process, its ffmpeg children and Prefect's API server) are
+- CPU seconds per frame of each (this process and its ffmpeg children and worker processes) are
   printed before it: on a machine shared with other work, wall-clock figures swing by +-30% from
   run to run while CPU time barely moves, and with as many workers as cores the CPU ratio is close
   to the throughput ratio. The machine's load average is printed too.
@@ -53,14 +51,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-# Prefect and tqdm read their settings when first imported: keep Prefect offline, quiet and out of
-# ~/.prefect (as the Makefile does), and the fan-out's progress bars (a few updates a run, no
-# measurable cost) from burying the figures. Values already set (by make or pytest) win.
-for _name, _value in (("PREFECT_SERVER_ANALYTICS_ENABLED", "false"), ("PREFECT_LOGGING_LEVEL", "WARNING"),
-                      ("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90"), ("TQDM_DISABLE", "1")):
-    os.environ.setdefault(_name, _value)
-if "PREFECT_HOME" not in os.environ:
-    os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="omni-r1-bench-prefect-")
+# tqdm reads its setting when first imported: keep progress bars from burying the figures.
+os.environ.setdefault("TQDM_DISABLE", "1")
 
 from omni_r1.config import DataParams, IngestParams  # noqa: E402
 from omni_r1.data.ffmpeg import ffmpeg_exe  # noqa: E402
@@ -69,7 +61,7 @@ from omni_r1.data.pipeline import ShardSink, ingest, rows_from_frame, shard_vide
 from omni_r1.data.shards import SamplingPlan, group_by_video  # noqa: E402
 from omni_r1.data.video import probe  # noqa: E402
 from omni_r1.types import ManifestRow  # noqa: E402
-from flows.fanout import shared_api_for_subprocesses  # noqa: E402
+from omni_r1.fanout import fan_out  # noqa: E402
 
 DEFAULT_CACHE = Path(tempfile.gettempdir()) / "omni-r1-bench"
 VIDEOS_PER_SHARD = 64  # params.yaml's shard.videos_per_shard
@@ -102,7 +94,7 @@ class Timing:
 
 
 def cpu_seconds() -> float:
-    """CPU seconds so far of this process, its finished children (ffmpeg) and its live ones (Prefect's API).
+    """CPU seconds so far of this process, its finished children (ffmpeg) and its live ones (worker processes).
 
     Other work on a shared machine changes wall-clock figures a lot and CPU time little, so the
     CPU cost per frame is a steadier comparison; with as many workers as cores it predicts the ratio.
@@ -211,12 +203,9 @@ def time_raw(bench: BenchSet, workers: int) -> Timing:
 def time_stage(groups: list[list[ManifestRow]], root: Path, plan: SamplingPlan, out_dir: Path,
                task_runner: str, workers: int) -> Timing:
     """The shard stage's fan-out and writing, as stages/shard.py runs them; frames from its tally."""
-    from flows.fanout import map_chunks
-
     sink = ShardSink(out_dir, VIDEOS_PER_SHARD)
     cpu, start = cpu_seconds(), time.perf_counter()
-    map_chunks(shard_video, groups, common=(root, plan), stage="shard", task_runner=task_runner, workers=workers,
-               on_result=sink.keep)
+    fan_out(shard_video, groups, common=(root, plan), task_runner=task_runner, workers=workers, on_result=sink.keep)
     sink.close(plan)
     tally = sink.tally
     seconds, cpu = time.perf_counter() - start, cpu_seconds() - cpu
@@ -240,7 +229,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--fps", type=int, default=25, help="native frame rate of the clips (default 25)")
     p.add_argument("--workers", type=int, default=2, help="parallel videos, both measurements (default 2)")
     p.add_argument("--task-runner", choices=("thread", "process"), default="thread",
-                   help="Prefect task runner of the shard stage (default thread, as in params.yaml)")
+                   help="executor of the shard stage's fan-out (default thread, as in params.yaml)")
     p.add_argument("--repeats", type=int, default=3, help="timed runs of each measurement (default 3)")
     p.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE,
                    help=f"where clips are kept (default {DEFAULT_CACHE})")
@@ -274,18 +263,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"ingest (probing, not in the figures): {time.perf_counter() - start:.2f} s for {len(groups)} videos")
 
     out_dir = bench.root.parent / f".shards-{os.getpid()}"
-    with shared_api_for_subprocesses(args.task_runner):
-        cold = time_stage(groups, bench.root, plan, out_dir, args.task_runner, args.workers)
-        print(f"shard cold (first run in the process, with Prefect start-up): {cold.fps:.0f} frames/s "
-              f"({cold.frames} frames in {cold.seconds:.2f} s)")
-        raws: list[Timing] = []
-        stages: list[Timing] = []
-        for repeat in range(1, args.repeats + 1):
-            raws.append(time_raw(bench, args.workers))
-            stages.append(time_stage(groups, bench.root, plan, out_dir, args.task_runner, args.workers))
-            raw, shard = raws[-1], stages[-1]
-            print(f"repeat {repeat}: raw {raw.fps:.0f} frames/s ({raw.seconds:.2f} s, {raw.cpu:.2f} CPU s), "
-                  f"shard {shard.fps:.0f} frames/s ({shard.seconds:.2f} s, {shard.cpu:.2f} CPU s)")
+    cold = time_stage(groups, bench.root, plan, out_dir, args.task_runner, args.workers)
+    print(f"shard cold (first run in the process): {cold.fps:.0f} frames/s "
+          f"({cold.frames} frames in {cold.seconds:.2f} s)")
+    raws: list[Timing] = []
+    stages: list[Timing] = []
+    for repeat in range(1, args.repeats + 1):
+        raws.append(time_raw(bench, args.workers))
+        stages.append(time_stage(groups, bench.root, plan, out_dir, args.task_runner, args.workers))
+        raw, shard = raws[-1], stages[-1]
+        print(f"repeat {repeat}: raw {raw.fps:.0f} frames/s ({raw.seconds:.2f} s, {raw.cpu:.2f} CPU s), "
+              f"shard {shard.fps:.0f} frames/s ({shard.seconds:.2f} s, {shard.cpu:.2f} CPU s)")
 
     if stages[-1].frames != bench.total_frames:
         print(f"warning: the shard stage decoded {stages[-1].frames} frames, the probe counts {bench.total_frames}")

@@ -1,11 +1,17 @@
-"""What every stage CLI shares: the ``--params``/``--set`` arguments and readable logging."""
+"""What every stage CLI shares: the ``--params``/``--set`` arguments, readable logging, a progress bar.
+
+Stages import the library and nothing above it: no ``flows``, no Prefect (``tests/contracts``).
+"""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
+
+from tqdm.auto import tqdm
 
 from omni_r1.config import Params, load_params
 
@@ -21,7 +27,7 @@ def parser(stage: str, description: str) -> argparse.ArgumentParser:
 def setup(args: argparse.Namespace) -> Params:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S")
-    for noisy in ("prefect", "httpx", "httpcore", "great_expectations", "uvicorn", "asyncio"):
+    for noisy in ("httpx", "httpcore", "great_expectations", "asyncio", "distributed"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     return load_params(args.params, args.overrides)
 
@@ -33,16 +39,31 @@ def parse(p: argparse.ArgumentParser, argv: Sequence[str] | None) -> tuple[argpa
 
 def user_errors() -> tuple[type[BaseException], ...]:
     """Errors that are a user's to fix (bad paths, data, outputs, a busy machine): one line, no traceback."""
-    from flows.fanout import FanoutStartError
     from omni_r1.config import ConfigError
     from omni_r1.data.formats import LayoutError
     from omni_r1.data.paths import PathEscapeError
     from omni_r1.data.pipeline import ManifestError
     from omni_r1.data.shards import ShardIntegrityError
+    from omni_r1.fanout import FanoutError
     from omni_r1.fileio import OutputOwnershipError
 
     return (ConfigError, LayoutError, ManifestError, OutputOwnershipError, PathEscapeError, ShardIntegrityError,
-            FanoutStartError, OSError)
+            FanoutError, OSError)
+
+
+@contextlib.contextmanager
+def progress(stage: str, total: int, unit: str) -> Iterator[Callable[..., Callable[[Any], Any]]]:
+    """A progress bar over a fan-out: ``advance(keep)`` wraps an ``on_result`` so that each result moves it."""
+    with tqdm(total=total, desc=stage, unit=unit, dynamic_ncols=True) as bar:
+        def advance(keep: Callable[[Any], Any] | None = None) -> Callable[[Any], Any]:
+            def on_result(result: Any) -> Any:
+                kept = keep(result) if keep is not None else result
+                bar.update(1)
+                return kept
+
+            return on_result
+
+        yield advance
 
 
 def guarded(stage: str, body: Callable[[], int]) -> int:

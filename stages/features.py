@@ -13,12 +13,12 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-from flows.fanout import map_chunks
 from omni_r1.config import Params
 from omni_r1.data.pipeline import featurize_shard
 from omni_r1.data.shards import verified_shards
+from omni_r1.fanout import fan_out
 from omni_r1.fileio import atomic_write_json, check_output_location, claim_output_dir
-from stages.common import guarded, parse, parser
+from stages.common import guarded, parse, parser, progress
 
 log = logging.getLogger("stages.features")
 
@@ -43,8 +43,10 @@ def _run(args: argparse.Namespace, params: Params) -> int:
     owned.clear()
     start = time.perf_counter()
     fan = params.features.fanout
-    written = map_chunks(featurize_shard, entries, common=(args.shards, args.out, params.features), stage="features",
-                         unit="shard", task_runner=fan.task_runner, workers=fan.workers, address=fan.address)
+    with progress("features", len(entries), "shard") as advance:
+        written = fan_out(featurize_shard, entries, common=(args.shards, args.out, params.features),
+                          task_runner=fan.task_runner, workers=fan.workers, address=fan.address,
+                          on_result=advance())
     seconds = time.perf_counter() - start
     atomic_write_json(args.out / "manifest.json", {"features": written, "tokenizer": params.features.tokenizer})
     owned.commit()

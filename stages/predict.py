@@ -1,8 +1,8 @@
 """Stage ``predict``: the two systems over the test shards -> official-layout prediction PNGs.
 
 System 2 runs over every native frame of each test video, decoded again from ``data.root`` as the
-validated manifest lists it. Fanned out per shard through the Prefect task runner of ``predict.fanout``. Writes
-``<out>/<policy>/...png`` and ``<out>/rows.jsonl`` (one row per sample and policy: parse errors,
+validated manifest lists it. Fanned out per shard on the executor of ``predict.fanout``
+(``omni_r1.fanout``, no Prefect server). Writes ``<out>/<policy>/...png`` and ``<out>/rows.jsonl`` (one row per sample and policy: parse errors,
 keyframes, timings).
 """
 
@@ -14,12 +14,12 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from flows.fanout import map_chunks
 from omni_r1.data.shards import verified_shards
 from omni_r1.eval.native import NativeSource
 from omni_r1.eval.predict import predict_shard
+from omni_r1.fanout import fan_out
 from omni_r1.fileio import atomic_write_json, atomic_write_text, claim_output_dir
-from stages.common import parse, parser
+from stages.common import parse, parser, progress
 
 log = logging.getLogger("stages.predict")
 PREDICTION_PATTERNS = ("rows.jsonl", "**/*.png", "**/.*.tmp")  # what predict writes under --out
@@ -41,11 +41,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     owned.clear()  # only what an earlier predict run wrote; the folder is refused if it holds anything else
     source = NativeSource.from_manifest(args.root or Path(params.data.root), args.manifest)
     fan = params.predict.fanout
-    rows = [row for chunk in map_chunks(predict_shard, entries,
-                                        common=(args.shards, args.features, args.out, source, params),
-                                        stage="predict", unit="shard", task_runner=fan.task_runner,
-                                        workers=fan.workers, address=fan.address)
-            for row in chunk]
+    with progress("predict", len(entries), "shard") as advance:
+        per_shard = fan_out(predict_shard, entries, common=(args.shards, args.features, args.out, source, params),
+                            task_runner=fan.task_runner, workers=fan.workers, address=fan.address,
+                            on_result=advance())
+    rows = [row for chunk in per_shard for row in chunk]
     atomic_write_text(args.out / "rows.jsonl", "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
     owned.commit()
     metrics = {"samples": len({r["sample_id"] for r in rows})}

@@ -1,8 +1,8 @@
 """Stage ``shard``: decode each video once into WebDataset shards (low-res, high-res, audio, masks).
 
-Videos are fanned out through the Prefect task runner of ``shard.fanout`` (threads, processes, or
-a Dask or Ray cluster). Each worker decodes a video into its own entry of the work folder
-(``--work``, by default ``data/shards.work``: beside the DVC output, which DVC deletes before a
+Videos are fanned out on the executor of ``shard.fanout`` (threads, processes, or a Dask or Ray
+cluster; ``omni_r1.fanout``, no Prefect server). Each worker decodes a video into its own entry of
+the work folder (``--work``, by default ``data/shards.work``: beside the DVC output, which DVC deletes before a
 rerun); this process writes the shards from those entries in video order and the manifest last,
 then deletes the work folder. A run that died half-way (killed, disk full) is resumed by the next
 one, which decodes only the videos without an entry and writes the same bytes.
@@ -19,12 +19,12 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-from flows.fanout import map_chunks
 from omni_r1.config import Params
 from omni_r1.data.pipeline import ResumableShardRun, decode_to_work, read_manifest, rows_from_frame, sampling_plan
 from omni_r1.data.shards import group_by_video
+from omni_r1.fanout import fan_out
 from omni_r1.fileio import atomic_write_json, check_output_location
-from stages.common import guarded, parse, parser
+from stages.common import guarded, parse, parser, progress
 
 log = logging.getLogger("stages.shard")
 
@@ -57,8 +57,10 @@ def _run(args: argparse.Namespace, params: Params) -> int:
     fan = params.shard.fanout
     try:
         # Absolute paths: the workers of a cluster do not share this process's working directory.
-        map_chunks(decode_to_work, run.jobs, common=(root.resolve(), plan, work.resolve()), stage="shard",
-                   task_runner=fan.task_runner, workers=fan.workers, address=fan.address, on_result=run.keep)
+        with progress("shard", len(run.jobs), "video") as advance:
+            fan_out(decode_to_work, run.jobs, common=(root.resolve(), plan, work.resolve()),
+                    task_runner=fan.task_runner, workers=fan.workers, address=fan.address,
+                    on_result=advance(run.keep))
         manifest = run.close()
     except BaseException:
         run.abort()

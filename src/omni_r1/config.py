@@ -96,7 +96,7 @@ class ValidateParams:
 
 @dataclass(frozen=True)
 class FanoutParams:
-    """How per-video work is mapped: a Prefect task runner (threads by default, see flows/fanout.py)."""
+    """How a stage fans per-item work out: threads by default, processes, or a Dask or Ray cluster (omni_r1.fanout)."""
 
     task_runner: Literal["thread", "process", "dask", "ray"] = "thread"
     workers: int = 2

@@ -17,7 +17,6 @@ from typing import Any, Callable, Sequence
 import pytest
 
 from flows import pipeline as pipeline_module
-from flows.fanout import chunk_size, chunked, make_task_runner, map_chunks
 from flows.pipeline import (
     IO_BOUND_STAGES,
     DvcResult,
@@ -277,37 +276,3 @@ def test_data_version_is_verified_before_any_stage(
     events.clear()
     pipeline(repo=str(project), stages=["ingest", "validate"], data_version="v1", dvc="dvc")
     assert events == [f"verify v1 in {project.name}", "run ingest", "run validate"]
-
-
-# --------------------------------------------------------------------------- fan-out
-
-
-def test_chunking_balances_and_keeps_order() -> None:
-    assert chunk_size(100, 2) == 25 and chunk_size(3, 2) == 1 and chunk_size(0, 2) == 1
-    assert [x for c in chunked(list(range(10)), 3) for x in c] == list(range(10))
-
-
-def test_unknown_runner_is_explained() -> None:
-    with pytest.raises(ValueError, match="unknown fanout.task_runner 'slurm'"):
-        make_task_runner("slurm", 2)
-
-
-def _square(x: int, offset: int) -> int:
-    return x * x + offset
-
-
-def test_map_chunks_returns_results_in_order(prefect_harness: None) -> None:
-    seen: list[int] = []
-
-    def keep(result: int) -> str:
-        seen.append(result)
-        return f"r{result}"
-
-    kept = map_chunks(_square, list(range(7)), common=(1,), stage="square", task_runner="thread", workers=2,
-                      on_result=keep)
-    assert seen == [x * x + 1 for x in range(7)] and kept == [f"r{x * x + 1}" for x in range(7)]
-
-
-@pytest.mark.slow
-def test_map_chunks_on_a_process_pool(prefect_harness: None) -> None:
-    assert map_chunks(_square, [1, 2, 3], common=(0,), stage="square", task_runner="process", workers=2) == [1, 4, 9]

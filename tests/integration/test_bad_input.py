@@ -243,7 +243,7 @@ def _common(params: Path) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def run(dataset: Path, tmp_path_factory: pytest.TempPathFactory, prefect_harness: None) -> Run:
+def run(dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Run:
     work = tmp_path_factory.mktemp("bad-input-run")
     params = work / "params.yaml"
     shutil.copy(REPO / "params.yaml", params)

@@ -21,7 +21,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
-def run(synth_video: Path, tmp_path_factory: pytest.TempPathFactory, prefect_harness: None) -> dict[str, Path]:
+def run(synth_video: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     out = tmp_path_factory.mktemp("eval-run")
     small = ["--params", str(REPO / "params.yaml"), "--set", "data.low_res=64", "--set", "data.high_res=96",
              "--set", "detail.light_steps=2", "--set", "detail.light_batch=4", "--set", "detail.light_size=32",

@@ -278,7 +278,7 @@ def test_a_full_disk_names_the_file(video_run: LayoutRun, monkeypatch: pytest.Mo
 
 
 @pytest.fixture(scope="module")
-def sharded(video_run: LayoutRun, prefect_harness: None) -> Path:
+def sharded(video_run: LayoutRun) -> Path:
     out = video_run.work / "shards"
     code = shard.main([*_common(video_run.params), "--manifest", str(video_run.work / "validated.parquet"),
                        "--root", str(video_run.root), "--out", str(out),
@@ -489,7 +489,7 @@ def test_refavs_hostile_row_is_quarantined_by_line_and_check(refavs_run: tuple[L
     assert reason in entry["reason"], entry["reason"]
 
 
-def test_a_truncated_mask_png_is_caught_at_validate(refavs_run: tuple[LayoutRun, str], prefect_harness: None) -> None:
+def test_a_truncated_mask_png_is_caught_at_validate(refavs_run: tuple[LayoutRun, str]) -> None:
     """Validation passed it before, and the shard stage then crashed on it (and on every rerun)."""
     run, cut = refavs_run
     entries = [e for e in run.quarantine if e["file"] == cut]

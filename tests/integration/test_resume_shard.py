@@ -1,7 +1,7 @@
 """The shard stage resumes: after a kill or a full disk, a rerun decodes only the unfinished videos.
 
-Six small synthetic videos go through ``stages.shard.main`` on tmp paths (thread runner, the
-session's Prefect harness). A reference run is uninterrupted; each interrupted run must end, after
+Six small synthetic videos go through ``stages.shard.main`` on tmp paths (thread executor, no
+Prefect server). A reference run is uninterrupted; each interrupted run must end, after
 one rerun, with byte-identical tars, manifest and quarantine report, while the rerun's metrics
 (and a count of real decodes) show that the videos finished before the interruption were not
 decoded again.
@@ -61,7 +61,7 @@ def _argv(dataset: tuple[Path, Path], run: Path) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def reference(prefect_harness: None, dataset: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+def reference(dataset: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The shards of one uninterrupted run."""
     run = tmp_path_factory.mktemp("reference")
     assert shard.main(_argv(dataset, run)) == 0
@@ -159,7 +159,7 @@ def test_a_failed_save_leaves_no_partial_entry(dataset: tuple[Path, Path], tmp_p
 
 
 @pytest.mark.parametrize("where", ["decoding", "assembling"])
-def test_full_disk_then_rerun(prefect_harness: None, dataset: tuple[Path, Path], reference: Path, tmp_path: Path,
+def test_full_disk_then_rerun(dataset: tuple[Path, Path], reference: Path, tmp_path: Path,
                               monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, where: str) -> None:
     """ENOSPC after k videos, while decoding into the work folder or while writing the shards; then a rerun."""
     k = 2
@@ -221,12 +221,10 @@ _SLOW_STAGE = textwrap.dedent("""
 
 
 @pytest.mark.slow
-def test_killed_stage_resumes(prefect_harness: None, dataset: tuple[Path, Path], reference: Path, tmp_path: Path,
+def test_killed_stage_resumes(dataset: tuple[Path, Path], reference: Path, tmp_path: Path,
                               monkeypatch: pytest.MonkeyPatch) -> None:
     """SIGKILL the stage (in its own process) once a few videos are in the work folder, then rerun it."""
-    from prefect.settings import PREFECT_API_URL
-
-    env = {**os.environ, "PREFECT_API_URL": str(PREFECT_API_URL.value()), "TQDM_DISABLE": "1",
+    env = {**os.environ, "TQDM_DISABLE": "1",
            "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
     proc = subprocess.Popen([sys.executable, "-c", _SLOW_STAGE, *_argv(dataset, tmp_path)], cwd=REPO, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)

@@ -33,17 +33,12 @@ def _load_bench(monkeypatch: pytest.MonkeyPatch) -> ModuleType:
     return module
 
 
-def test_bench_prints_ratio_last(prefect_harness: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+def test_bench_prints_ratio_last(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                  capsys: pytest.CaptureFixture[str]) -> None:
     bench = _load_bench(monkeypatch)
     argv = ["--videos", "2", "--seconds", "1", "--size", "160x120", "--fps", "10", "--repeats", "1",
             "--cache-dir", str(tmp_path / "cache"), "--low-res", "64", "--high-res", "96"]
-    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
-
-    # A flow run's heartbeat thread sleeps in 1 s steps and is joined at the end: up to a second or
-    # more per fan-out, twice here. Heartbeats only matter for monitored deployments.
-    with temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
-        assert bench.main(argv) == 0
+    assert bench.main(argv) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     match = RATIO_LINE.fullmatch(lines[-1])
     assert match is not None, lines[-1]
@@ -71,7 +66,7 @@ SCALEOUT_LINE = re.compile(
 
 
 @pytest.mark.slow  # two Dask LocalClusters (3 worker processes) and four stage runs: about a minute
-def test_scaleout_bench_prints_ratio_last(prefect_harness: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+def test_scaleout_bench_prints_ratio_last(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                           capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.setenv("TQDM_DISABLE", "1")
     monkeypatch.syspath_prepend(str(REPO / "bench"))
