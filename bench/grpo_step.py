@@ -69,8 +69,10 @@ from omni_r1.rl.trainer import PHASES, GRPOTrainer, check_train_params, generate
 from omni_r1.rl.warm_start import warm_start  # noqa: E402
 from omni_r1.systems.detail import Segmenter, build_segmenter  # noqa: E402
 from omni_r1.systems.global_reasoning import GlobalReasoner  # noqa: E402
-from omni_r1.systems import light_models  # noqa: E402
-from omni_r1.systems.light_models import CONFIG_NAME, train_light_models  # noqa: E402
+from omni_r1 import detail_training  # noqa: E402
+from omni_r1.detail_training import train_light_models  # noqa: E402
+from omni_r1.systems import light  # noqa: E402
+from omni_r1.systems.light import CONFIG_NAME  # noqa: E402
 from omni_r1.types import Sample  # noqa: E402
 
 DEFAULT_CACHE = Path(tempfile.gettempdir()) / "omni-r1-bench"
@@ -166,8 +168,9 @@ def system2(params: Params, data: BenchData, cache_dir: Path, steps: int) -> tup
             why = f"{checkpoint} does not load ({error})"
     batch = min(detail.light_batch, 4)
     # The code's own bytes are part of the key: a checkpoint of an older architecture would not load.
-    code = hashlib.sha256(Path(light_models.__file__).read_bytes()).hexdigest()
-    key = _digest([data.fingerprint, detail.light_size, detail.seed, steps, batch, code])
+    sources = [*sorted(Path(light.__file__).parent.glob("*.py")), Path(detail_training.__file__)]
+    code = _digest([hashlib.sha256(path.read_bytes()).hexdigest() for path in sources])
+    key = _digest([data.fingerprint, detail.light_size, detail.seed, steps, batch, code, repr(detail.light)])
     quick = dataclasses.replace(detail, light_checkpoint=str(cache_dir / f"detail-{key}"), light_steps=steps,
                                 light_batch=batch)
     note = "cached"

@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 
 from omni_r1.data.shards import read_samples
 from omni_r1.fileio import atomic_write_json
-from omni_r1.systems.light_models import step_counts, train_light_models
+from omni_r1.detail_training import step_counts, train_light_models
 from stages.common import parse, parser
 
 log = logging.getLogger("stages.train_detail")

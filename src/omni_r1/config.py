@@ -161,6 +161,52 @@ class GlobalReasoningParams:
 
 
 @dataclass(frozen=True)
+class LightParams:
+    """The light System 2's tuned constants (``detail.backend: light``; omni_r1.systems.light, omni_r1.detail_training).
+
+    The architecture and inference values are written into the checkpoint by ``train_detail`` and read
+    back from there at inference, so a checkpoint always runs as it was measured.
+    """
+
+    # architecture
+    widths: tuple[int, ...] = (16, 32, 64)  # U-Net channels per level (three levels)
+    text_dim: int = 32  # the grounder's bag-of-words embedding
+    crop_size: int = 64  # the segmenter's input side: a crop around the box, whatever the frame size
+    # inference
+    key_margin: float = 0.5  # a keyframe box is cropped with this fraction of its side around it
+    track_margin: float = 1.0  # a tracked box is searched this far around (objects move ~1 side per frame)
+    max_search_growth: float = 2.0  # a lost object is searched up to this many times track_margin around
+    min_side: float = 8.0  # frame pixels: margins are taken of at least this side
+    box_threshold: float = 0.5  # heatmap probability a blob must reach to count as a found object
+    min_blob_pixels: int = 6  # at light_size; smaller confident blobs are noise
+    # training
+    grounder_negatives: float = 0.25  # share of grounder items describing something absent (measured best)
+    absent_frame_share: float = 0.5  # of those, frames where the described object is not shown
+    shape_swap_share: float = 0.3  # of the made-up negatives, those that keep the colour and change the shape
+    recolour_share: float = 0.6  # grounder positives whose target is painted another palette colour
+    grounder_pos_weight: float = 5.0  # BCE weight of object pixels (few in a whole frame)
+    segmenter_step_factor: int = 2  # the crop U-Net's steps per grounder step (its steps cost a fifth)
+    track_fraction: float = 0.5  # segmenter items that look like tracking (reference colour, wide crop)
+    lost_search_share: float = 0.15  # tracking items searched max_search_growth times wider
+    segmenter_recolour_share: float = 0.5  # segmenter items whose target (and reference) get a random colour
+    key_box_jitter: float = 0.08  # normal error of a keyframe box's sides, as a fraction of its side
+    track_box_jitter: float = 0.03  # the same for a tracked box
+    weight_decay: float = 0.0001
+    warmup_fraction: float = 0.1  # one-cycle schedule: share of steps rising to light_lr
+
+    def __post_init__(self) -> None:
+        _require(len(self.widths) == 3 and all(w >= 4 and w % 4 == 0 for w in self.widths), "detail.light.widths",
+                 "must be three multiples of 4 (GroupNorm of 4 groups), e.g. [16, 32, 64]")
+        _require(self.crop_size >= 16 and self.crop_size % 4 == 0, "detail.light.crop_size",
+                 "must be a multiple of 4, at least 16")
+        for key in ("grounder_negatives", "absent_frame_share", "shape_swap_share", "recolour_share",
+                    "track_fraction", "lost_search_share", "segmenter_recolour_share", "box_threshold",
+                    "warmup_fraction"):
+            _require(0.0 <= getattr(self, key) <= 1.0, f"detail.light.{key}", "must be within [0, 1]")
+        _require(self.segmenter_step_factor >= 1, "detail.light.segmenter_step_factor", "must be at least 1")
+
+
+@dataclass(frozen=True)
 class DetailParams:
     """System 2: grounding boxes on keyframes, then masks propagated through the video."""
 
@@ -182,6 +228,7 @@ class DetailParams:
     light_batch: int = 16
     light_lr: float = 0.003
     light_holdout_videos: int = 2  # train videos kept out of the light models' training to measure them on
+    light: LightParams = LightParams()  # the light models' tuned constants
     seed: int = 0
 
     def __post_init__(self) -> None:

@@ -1,4 +1,4 @@
-"""System 2 (omni_r1.systems.detail, light_models): factory errors, SAM2 propagation, the light models.
+"""System 2 (omni_r1.systems.detail, omni_r1.systems.light): factory errors, SAM2 propagation, the light models.
 
 Samples are built straight from the synthetic generator (``describe_scene`` + ``render``), which
 gives frames and exact visible masks without the shard pipeline. ``OracleBoxGrounderForTests`` is
@@ -18,7 +18,8 @@ import torch
 from omni_r1.config import DetailParams
 from omni_r1.data.masks import encode_rle
 from omni_r1.data.synthetic import SynthSpec, describe_scene, render, split_of
-from omni_r1.systems import light_models as lm
+from omni_r1.detail_training import train_light_models
+from omni_r1.systems import light as lm
 from omni_r1.systems.detail import (
     Box,
     DetailSetupError,
@@ -135,7 +136,7 @@ def small_samples() -> list[Sample]:
 def tiny_light(tmp_path_factory: pytest.TempPathFactory, small_samples) -> DetailParams:
     """Light models trained for 3 steps at 32 px: weights to exercise the code, not to be good."""
     params = _tiny_params(tmp_path_factory.mktemp("light"))
-    lm.train_light_models(small_samples, params, Path(params.light_checkpoint))
+    train_light_models(small_samples, params, Path(params.light_checkpoint))
     return params
 
 
@@ -341,7 +342,7 @@ def test_vlm_grounder_keeps_bad_entries_as_none(answer: str, entries: list, fail
 def test_light_training_saves_and_loads_bit_identically(tmp_path: Path, small_samples) -> None:
     params = _tiny_params(tmp_path)
     seen = []
-    metrics = lm.train_light_models(small_samples, params, tmp_path / "a", progress=lambda *a: seen.append(a))
+    metrics = train_light_models(small_samples, params, tmp_path / "a", progress=lambda *a: seen.append(a))
     assert [s[:3] for s in seen if s[0] == "grounder"] == [("grounder", i, 3) for i in (1, 2, 3)]
     assert metrics["train_samples"] > 0 and metrics["heldout_samples"] > 0
     for key in ("grounder_box_iou", "grounder_null_reject_rate", "segmenter_mask_iou", "box_as_mask_iou",
@@ -351,7 +352,7 @@ def test_light_training_saves_and_loads_bit_identically(tmp_path: Path, small_sa
                                                                   "segmenter.safetensors"]
     first = lm.load_light_models(tmp_path / "a")
     # the same seed trains the same weights
-    lm.train_light_models(small_samples, params, tmp_path / "b")
+    train_light_models(small_samples, params, tmp_path / "b")
     second = lm.load_light_models(tmp_path / "b")
     for a, b in ((first.grounder, second.grounder), (first.segmenter, second.segmenter)):
         sa, sb = a.state_dict(), b.state_dict()
@@ -363,7 +364,7 @@ def test_light_training_saves_and_loads_bit_identically(tmp_path: Path, small_sa
 def test_light_load_is_strict(tmp_path: Path, small_samples) -> None:
     from safetensors.torch import load_file, save_file
 
-    lm.train_light_models(small_samples[:4], _tiny_params(tmp_path, light_steps=1), tmp_path / "m")
+    train_light_models(small_samples[:4], _tiny_params(tmp_path, light_steps=1), tmp_path / "m")
     weights = load_file(str(tmp_path / "m" / lm.SEGMENTER_WEIGHTS))
     weights["extra.weight"] = torch.zeros(1)
     save_file(weights, str(tmp_path / "m" / lm.SEGMENTER_WEIGHTS))
@@ -419,7 +420,7 @@ def test_light_models_learn_on_synthetic_data(tmp_path: Path) -> None:
     # box itself by a wide margin, and System 2 must find the target from its description.
     samples = synthetic_samples(30, width=256, height=192, frames=12, stride=5, seed=0)
     params = DetailParams(light_size=128, light_steps=300, light_batch=16, seed=0)
-    metrics = lm.train_light_models(samples, params, tmp_path / "detail")
+    metrics = train_light_models(samples, params, tmp_path / "detail")
     assert metrics["segmenter_mask_iou"] > 0.85
     assert metrics["segmenter_mask_iou"] > metrics["box_as_mask_iou"] + 0.1
     assert metrics["grounder_box_iou"] > 0.5

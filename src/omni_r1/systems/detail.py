@@ -9,7 +9,7 @@
   ``detail.reverse_pass`` it also runs in reverse from the latest keyframe, so that frames before
   an object's keyframe get masks too: each object then takes the forward pass's masks from its
   keyframe on and the reverse pass's masks before it.
-- ``light`` (the CPU demo): the small grounder and crop U-Net of ``light_models``. Each box is
+- ``light`` (the CPU demo): the small grounder and crop U-Net of ``omni_r1.systems.light``. Each box is
   segmented on its keyframe and tracked outward over the frames for which its keyframe is the
   nearest one (ties go to the earlier keyframe): the U-Net searches each next frame around the
   previous frame's mask box, given the mean colour of the keyframe's mask as its reference, and
@@ -43,7 +43,7 @@ import torch
 from PIL import Image
 
 from omni_r1.config import DetailParams
-from omni_r1.systems import light_models as lm
+from omni_r1.systems import light as lm
 from omni_r1.types import Box
 
 if TYPE_CHECKING:
@@ -124,7 +124,7 @@ def build_segmenter(params: DetailParams) -> Segmenter:
         if not (path / lm.CONFIG_NAME).is_file():
             raise DetailSetupError(
                 f"detail.light_checkpoint: {path} holds no trained light detail models ({lm.CONFIG_NAME} missing); "
-                "train them first (the detail training stage, train_light_models) or point detail.light_checkpoint "
+                "train them first (the train_detail stage) or point detail.light_checkpoint "
                 "in params.yaml at a trained checkpoint folder"
             )
         models = lm.load_light_models(path, params.device)
@@ -274,7 +274,8 @@ class LightSegmenter:
         out = np.zeros((images.shape[0], *images.shape[-2:]), dtype=bool)
         started = time.perf_counter()
         prompt = (box.x1, box.y1, box.x2, box.y2)
-        out[frame] = (models.segment(images[frame][None], [prompt], [None], lm.KEY_MARGIN)[0] > 0).numpy()
+        tuning = models.tuning  # detail.light as the checkpoint was trained with it
+        out[frame] = (models.segment(images[frame][None], [prompt], [None], tuning.key_margin)[0] > 0).numpy()
         reference = lm.mean_colour(images[frame], out[frame])
         start_box = lm.mask_box(out[frame]) or prompt
         seg_s = time.perf_counter() - started
@@ -283,7 +284,7 @@ class LightSegmenter:
             last, lost = start_box, 0
             t = frame + step
             while lo <= t <= hi:
-                margin = lm.TRACK_MARGIN * min(1 + lost, lm.MAX_SEARCH_GROWTH)
+                margin = tuning.track_margin * min(1 + lost, tuning.max_search_growth)
                 out[t] = (models.segment(images[t][None], [last], [reference], margin)[0] > 0).numpy()
                 found = lm.mask_box(out[t])
                 # A lost object keeps its last box: it may be hidden or out of frame for a while.
