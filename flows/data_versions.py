@@ -161,7 +161,7 @@ def _detail_setting(repo: Path, detail_checkpoint: str | None) -> tuple[list[str
     params = load_params(repo / "params.yaml")
     backend = params.detail.backend
     if detail_checkpoint is None:
-        where = params.detail.light_checkpoint if backend == "light" else params.detail.sam2_checkpoint or "random"
+        where = params.detail.light_checkpoint if backend == "light" else params.detail.sam2_checkpoint or "(empty)"
         return [], f"backend `{backend}`, checkpoint `{where}` (params.yaml)"
     key = "detail.light_checkpoint" if backend == "light" else "detail.sam2_checkpoint"
     return [f"{key}={detail_checkpoint}"], f"backend `{backend}`, checkpoint `{detail_checkpoint}`"

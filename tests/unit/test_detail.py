@@ -191,7 +191,8 @@ class PredictorSpy:
 def tiny_sam2():
     """Random-weight SAM2.1 hiera-t at image_size 256 on CPU (design.md section 4)."""
     torch.manual_seed(0)
-    return build_sam2_predictor(DetailParams(backend="sam2", sam2_image_size=256, device="cpu"))
+    return build_sam2_predictor(DetailParams(backend="sam2", sam2_checkpoint="random", sam2_image_size=256,
+                                             device="cpu"))
 
 
 @pytest.fixture(scope="module")

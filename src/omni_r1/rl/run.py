@@ -55,7 +55,7 @@ def build_reasoner(params: Params, seed: int) -> GlobalReasoner:
     processor = build_processor(f.tokenizer, min_pixels=f.min_pixels, max_pixels=f.max_pixels, mel_bins=f.mel_bins)
     gr = dataclasses.replace(params.global_reasoning, checkpoint=params.train.init_checkpoint,
                              seed=params.global_reasoning.seed + seed)
-    model = load_thinker(gr, processor)
+    model = load_thinker(gr, processor, key="train.init_checkpoint")
     freeze_towers(model, vision=gr.freeze_vision, audio=gr.freeze_audio)
     return GlobalReasoner(model=model, processor=processor, params=gr)
 

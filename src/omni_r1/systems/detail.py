@@ -55,6 +55,7 @@ __all__ = [
 ]  # fmt: skip
 
 PHASES = ("ground", "segment", "propagate")
+SAM2_RANDOM = "random"  # detail.sam2_checkpoint: random SAM2 weights, said out loud (tests only)
 JPEG_QUALITY = 95  # the SAM2 video predictor reads a folder of JPEG frames
 
 
@@ -89,6 +90,16 @@ class SegmentResult:
     boxes: dict[int, list[Box]]
     timings: dict[str, float] = field(default_factory=dict)
     entries: dict[int, tuple[Box | None, ...]] = field(default_factory=dict)
+
+    @property
+    def invalid_entries(self) -> int:
+        """Grounder entries that were not a valid box (``None``), over all keyframes: the grounder failed."""
+        return sum(entry is None for found in self.entries.values() for entry in found)
+
+    @property
+    def empty_objects(self) -> int:
+        """Objects whose mask is empty on the keyframe their box prompted: the segmenter found nothing in a box."""
+        return sum(not self.object_masks[k, frame].any() for k, (frame, _) in enumerate(_objects(self.boxes)))
 
 
 class Segmenter(Protocol):
@@ -144,12 +155,30 @@ def _check_sam2_paths(params: DetailParams) -> None:
             "needs a transformers VLM that answers Qwen2.5-VL bbox_2d JSON (e.g. a downloaded "
             "Qwen2.5-VL-7B-Instruct or Qwen2.5-Omni-7B); set detail.grounder_checkpoint to its folder, or use detail.backend: light"
         )
-    if params.sam2_checkpoint and not Path(params.sam2_checkpoint).is_file():
+    _sam2_weights(params)
+
+
+def _sam2_weights(params: DetailParams) -> str | None:
+    """The SAM2 checkpoint file to load, or None for ``detail.sam2_checkpoint: random`` (tests only).
+
+    Empty is an error rather than a silent random model: a run with real data would otherwise train
+    against noise masks without a word."""
+    checkpoint = params.sam2_checkpoint.strip()
+    if checkpoint == SAM2_RANDOM:
+        return None
+    if not checkpoint:
         raise DetailSetupError(
-            f"detail.sam2_checkpoint: {params.sam2_checkpoint} does not exist; download the SAM2.1 checkpoint that "
-            f"matches detail.sam2_config ({params.sam2_config}, e.g. sam2.1_hiera_large.pt) and set its path "
-            "(empty means random weights, for tests only)"
+            f"detail.sam2_checkpoint is empty; set it to the local SAM2.1 .pt that matches detail.sam2_config "
+            f"({params.sam2_config}, e.g. sam2.1_hiera_large.pt with sam2.1_hiera_l.yaml), or to "
+            f"{SAM2_RANDOM!r} for random weights (tests only)"
         )
+    if not Path(checkpoint).is_file():
+        raise DetailSetupError(
+            f"detail.sam2_checkpoint: {checkpoint} does not exist; download the SAM2.1 checkpoint that "
+            f"matches detail.sam2_config ({params.sam2_config}, e.g. sam2.1_hiera_large.pt) and set its path "
+            f"({SAM2_RANDOM!r} means random weights, for tests only)"
+        )
+    return checkpoint
 
 
 # ----------------------------------------------------------------------------------------------- shared steps
@@ -309,17 +338,15 @@ def _owners(keyframes: list[int], num_frames: int) -> dict[int, tuple[int, int]]
 def build_sam2_predictor(params: DetailParams) -> SAM2VideoPredictor:
     """The SAM2 video predictor of ``params.sam2_config`` at ``params.sam2_image_size``.
 
-    sam2's own loader reads the checkpoint with ``torch.load(weights_only=True)`` and
-    ``load_state_dict`` in strict mode, so a missing or unexpected key fails here. An empty
-    ``sam2_checkpoint`` gives random weights (tests only).
+    sam2's own loader reads the official ``{"model": state_dict}`` file with
+    ``torch.load(weights_only=True)`` and ``load_state_dict`` in strict mode, so a missing or
+    unexpected key fails here. ``sam2_checkpoint: random`` gives random weights (tests only); empty
+    is an error.
     """
     from hydra.errors import MissingConfigException
     from sam2.build_sam import build_sam2_video_predictor
 
-    checkpoint = params.sam2_checkpoint or None
-    if checkpoint is not None and not Path(checkpoint).is_file():
-        raise DetailSetupError(f"detail.sam2_checkpoint: {checkpoint} does not exist; set it to a local SAM2.1 .pt "
-                               "(empty means random weights, for tests only)")
+    checkpoint = _sam2_weights(params)
     try:
         predictor = build_sam2_video_predictor(
             params.sam2_config, ckpt_path=checkpoint, device=params.device,
@@ -450,15 +477,16 @@ class VlmGrounder:
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str, max_objects: int) -> VlmGrounder:
-        from transformers import AutoModelForImageTextToText, AutoProcessor
+        """The grounder of a local folder: Qwen2.5-VL (or another image-text-to-text model), or the thinker
+        of a full or thinker-only Qwen2.5-Omni folder; bfloat16 on CUDA, float32 on CPU."""
+        from omni_r1.models.checkpoints import CheckpointFolderError, load_grounder
 
-        path = Path(path)
+        dtype = torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
         try:
-            processor = AutoProcessor.from_pretrained(path, local_files_only=True)
-            model = AutoModelForImageTextToText.from_pretrained(path, local_files_only=True)
-        except (OSError, ValueError) as err:
-            raise DetailSetupError(f"detail.grounder_checkpoint: {path} does not load as a transformers VLM "
-                                   f"({str(err)[:300]}); point it at a local image-text-to-text checkpoint") from err
+            model, processor = load_grounder(Path(path), dtype)
+        except CheckpointFolderError as err:
+            raise DetailSetupError(str(err)) from err
+        model.requires_grad_(False)
         return cls(model.to(device).eval(), processor, max_objects)
 
     @torch.no_grad()

@@ -3,8 +3,9 @@
 - ``build_tiny_thinker``: a real ``Qwen2_5OmniThinkerForConditionalGeneration`` with random
   weights, small enough for CPU tests and the demo (design.md section 4), its special token ids
   taken from the processor's tokenizer.
-- ``load_thinker``: ``global_reasoning.checkpoint`` -> the tiny model, or a local checkpoint folder
-  loaded strictly (a missing, unexpected or mis-shaped weight fails the load).
+- ``load_thinker``: ``global_reasoning.checkpoint`` -> the tiny model, or a local full Qwen2.5-Omni or
+  thinker-only folder loaded strictly (``omni_r1.models.checkpoints``), after checking that its
+  vocabulary is ``features.tokenizer``'s.
 - ``freeze_towers``: freeze the vision and audio encoders (Omni-R1 trains the language model only).
 - ``GlobalReasoner``: builds the thinker's inputs from a cached ``FeatureRecord`` and a prompt,
   samples completions, and parses them into ``KeyframeSelection`` records.
@@ -113,11 +114,13 @@ def build_tiny_thinker(processor: Qwen2_5OmniProcessor, *, seed: int) -> Qwen2_5
 
 
 def load_thinker(
-    params: GlobalReasoningParams, processor: Qwen2_5OmniProcessor
+    params: GlobalReasoningParams, processor: Qwen2_5OmniProcessor, *, key: str = "global_reasoning.checkpoint"
 ) -> Qwen2_5OmniThinkerForConditionalGeneration:
-    """The thinker that ``global_reasoning.checkpoint`` names, on ``params.device`` in ``params.dtype``, eval mode.
+    """The thinker that ``params.checkpoint`` names, on ``params.device`` in ``params.dtype``, eval mode.
 
-    The towers are not frozen here: training calls ``freeze_towers`` with the params' flags.
+    A local folder may hold a full Qwen2.5-Omni (the thinker is taken out, the talker stays on disk)
+    or a thinker alone; either loads strictly. ``key`` is the params.yaml key that named the checkpoint
+    (errors name it). The towers are not frozen here: training calls ``freeze_towers`` with the flags.
     """
     dtype = _DTYPES[params.dtype]
     checkpoint = str(params.checkpoint)
@@ -125,50 +128,57 @@ def load_thinker(
         model = build_tiny_thinker(processor, seed=params.seed)
     elif checkpoint.startswith("builtin:"):
         raise ValueError(
-            f"global_reasoning.checkpoint in params.yaml is {checkpoint!r}, an unknown built-in; "
-            f"use {TINY_CHECKPOINT!r} or the path of a local Qwen2.5-Omni thinker checkpoint folder"
+            f"{key} in params.yaml is {checkpoint!r}, an unknown built-in; "
+            f"use {TINY_CHECKPOINT!r} or the path of a local Qwen2.5-Omni (or thinker) checkpoint folder"
         )
     else:
-        model = _load_checkpoint(Path(checkpoint).expanduser(), dtype)
-    _check_vocabulary(model, processor, checkpoint)
+        model = _load_checkpoint(Path(checkpoint).expanduser(), dtype, key)
+    check_vocabulary(model, processor, checkpoint, key)
     return model.to(device=torch.device(params.device), dtype=dtype).eval()
 
 
-def _load_checkpoint(path: Path, dtype: torch.dtype) -> Qwen2_5OmniThinkerForConditionalGeneration:
-    from transformers import Qwen2_5OmniThinkerForConditionalGeneration
+def _load_checkpoint(path: Path, dtype: torch.dtype, key: str) -> Qwen2_5OmniThinkerForConditionalGeneration:
+    from omni_r1.models.checkpoints import load_omni_thinker
 
     if not path.exists():
         raise FileNotFoundError(
-            f"global_reasoning.checkpoint in params.yaml names {path}, which does not exist; set it to "
-            f"{TINY_CHECKPOINT!r} or to a local Qwen2.5-Omni thinker checkpoint folder (nothing is downloaded)"
+            f"{key} in params.yaml names {path}, which does not exist; set it to "
+            f"{TINY_CHECKPOINT!r} or to a local Qwen2.5-Omni checkpoint folder (nothing is downloaded)"
         )
     if not path.is_dir():
         raise NotADirectoryError(
-            f"global_reasoning.checkpoint in params.yaml names {path}, which is a file; set it to the "
+            f"{key} in params.yaml names {path}, which is a file; set it to the "
             "checkpoint's folder (the one holding config.json and the safetensors weights)"
         )
-    model, info = Qwen2_5OmniThinkerForConditionalGeneration.from_pretrained(
-        str(path), local_files_only=True, dtype=dtype, output_loading_info=True
-    )
-    problems = {name: list(info.get(name) or []) for name in ("missing_keys", "unexpected_keys", "mismatched_keys")}
-    problems["error_msgs"] = list(info.get("error_msgs") or [])
-    if any(problems.values()):
-        found = "; ".join(f"{name}: {values[:5]}" for name, values in problems.items() if values)
-        raise ValueError(
-            f"the thinker checkpoint at {path} does not match its config ({found}); point "
-            "global_reasoning.checkpoint at a complete Qwen2.5-Omni thinker folder (e.g. one written by "
-            "thinker.save_pretrained), not a partial or different model"
-        )
-    return model
+    return load_omni_thinker(path, dtype, key)
 
 
-def _check_vocabulary(model: Any, processor: Qwen2_5OmniProcessor, checkpoint: str) -> None:
+# The thinker's config fields that must name the same tokens as the processor's tokenizer.
+_SPECIAL_IDS = {"video_token_index": "video_token_id", "audio_token_index": "audio_token_id",
+                "image_token_index": "image_token_id"}
+
+
+def check_vocabulary(model: Any, processor: Qwen2_5OmniProcessor, checkpoint: str,
+                     key: str = "global_reasoning.checkpoint") -> None:
+    """Refuse a thinker whose vocabulary is not the tokenizer's (``features.tokenizer``) before any forward.
+
+    The embedding must cover every token, and the placeholder ids the thinker reads from its config
+    (video, audio, image) must be the tokenizer's. A real checkpoint with the tiny tokenizer, or the tiny
+    thinker with a real tokenizer, fails here naming both keys instead of deep inside transformers.
+    """
+    tokenizer = processor.tokenizer
     rows = int(model.get_input_embeddings().weight.shape[0])
-    if rows < len(processor.tokenizer):
-        raise ValueError(
-            f"the thinker ({checkpoint}) embeds {rows} tokens but the tokenizer has {len(processor.tokenizer)}; "
-            "use the tokenizer that ships with the checkpoint (features.tokenizer in params.yaml)"
-        )
+    fix = (f"set features.tokenizer in params.yaml to the tokenizer that ships with the checkpoint (for a "
+           f"downloaded Qwen2.5-Omni: its folder), or {key} to a policy trained with features.tokenizer's vocabulary")
+    if rows < len(tokenizer):
+        raise ValueError(f"the thinker of {key} ({checkpoint}) embeds {rows} tokens but the tokenizer of "
+                         f"features.tokenizer has {len(tokenizer)}; {fix}")
+    config = model.config
+    for field, attribute in _SPECIAL_IDS.items():
+        want, have = getattr(config, field, None), getattr(processor, attribute, None)
+        if want is not None and have is not None and int(want) != int(have):
+            raise ValueError(f"the thinker of {key} ({checkpoint}) reads {field}={want} but the tokenizer of "
+                             f"features.tokenizer has id {have} for that token; {fix}")
 
 
 def _token_id(tokenizer: Any, token: str) -> int:
