@@ -39,7 +39,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if bar is None:
             bar = bars[seed] = tqdm(total=params.train.steps, initial=step - 1, desc=f"GRPO seed {seed}",
                                     unit="step", dynamic_ncols=True)
-        bar.set_postfix_str(f"reward {values['reward']:.3f} parse-fail {values['parse_failure_rate']:.2f}")
+        bar.set_postfix_str(f"reward {values['reward']:.3f} parse-fail {values['parse_failure_rate']:.2f} "
+                            f"S2-fail {values['system2_failures']:.0f} (grounder {values['grounder_failures']:.0f}, "
+                            f"SAM2 {values['sam2_failures']:.0f})")
         bar.update(1)
         if step == params.train.steps:
             bar.close()

@@ -194,7 +194,9 @@ def _seed_process(raw: dict[str, Any], seed: int, paths: RunPaths, position: int
     def log_step(step: int, values: dict[str, float]) -> None:
         log.add(seed, step, values)
         bar.set_postfix_str(f"reward {values['reward']:.3f} parse-fail {values['parse_failure_rate']:.2f} "
-                            f"distinct {values['distinct_answers']:.2f} S2-empty {values['system2_empty_rate']:.2f}")
+                            f"distinct {values['distinct_answers']:.2f} S2-empty {values['system2_empty_rate']:.2f} "
+                            f"S2-fail {values['system2_failures']:.0f} (grounder {values['grounder_failures']:.0f}, "
+                            f"SAM2 {values['sam2_failures']:.0f})")
         bar.update(step - bar.n)
 
     result = train_seed(params, seed, paths, build_segmenter(params.detail), on_step=log_step,

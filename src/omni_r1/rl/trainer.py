@@ -41,7 +41,9 @@ from omni_r1.rl.engine import PolicyEngine
 from omni_r1.rl.grpo import completion_mask, group_advantages, informative_groups, policy_loss
 from omni_r1.rl.policy import PromptCache, sample_completions, towers_frozen
 from omni_r1.rl.prompts_data import PromptItem
-from omni_r1.rl.rewards import RewardBreakdown, RewardError, reward_columns, score_rollouts
+from omni_r1.rl.rewards import (
+    NO_BOX, NO_VALID_BOX, SYSTEM2_ERROR, RewardBreakdown, RewardError, reward_columns, score_rollouts,
+)  # fmt: skip
 from omni_r1.systems.collaboration import Rollout, SegmentCache, rollouts_from_completions
 from omni_r1.systems.detail import Segmenter
 from omni_r1.systems.global_reasoning import GlobalReasoner
@@ -334,7 +336,7 @@ class GRPOTrainer:
             "lr": update["lr"],
             "response_length": float(torch.cat([g.mask.sum(dim=1) for g in groups]).mean()),
             "parse_failure_rate": float(np.mean([not r.parsed for r in rollouts])),
-            "system2_failures": float(sum(r.failure == "system2_error" for r in rewards)),
+            **system2_failure_counts(rollouts, rewards),
             "dropped_groups": float(len(groups) - int(keep.sum())),
             **step_diversity([g.rollouts for g in groups], [[r.total for r in g.rewards] for g in groups]),
         }
@@ -375,11 +377,34 @@ def frozen_copy(model: torch.nn.Module) -> torch.nn.Module:
     return reference.eval()
 
 
+SYSTEM2_FAILURE_COLUMNS = ("system2_failures", "grounder_failures", "sam2_failures")
+_GROUNDER_CODES = (NO_VALID_BOX, NO_BOX)
+
+
+def system2_failure_counts(rollouts: Sequence[Rollout], rewards: Sequence[RewardBreakdown]) -> dict[str, float]:
+    """Rollouts of a step whose System 2 failed, by part (the step log's ``SYSTEM2_FAILURE_COLUMNS``).
+
+    ``grounder_failures``: the grounder answered an entry that is not a valid box, or no valid box where
+    one was needed (the rewards' ``no_valid_box`` / ``no_box``); ``sam2_failures``: a box prompted a mask
+    that is empty on the box's own keyframe; ``system2_failures``: rollouts with either, or with keyframes
+    that System 2 returned nothing for. A grounder that fails every call shows here, not as a quiet 0 reward.
+    """
+    grounder = sam2 = failed = 0
+    for rollout, reward in zip(rollouts, rewards, strict=True):
+        segment = rollout.segment
+        bad_grounding = reward.failure in _GROUNDER_CODES or (segment is not None and segment.invalid_entries > 0)
+        bad_masks = segment is not None and segment.empty_objects > 0
+        grounder += bad_grounding
+        sam2 += bad_masks
+        failed += bad_grounding or bad_masks or reward.failure == SYSTEM2_ERROR
+    return {"system2_failures": float(failed), "grounder_failures": float(grounder), "sam2_failures": float(sam2)}
+
+
 def log_columns(task: str) -> tuple[str, ...]:
     """The training log's columns after ``step``, in order."""
     return (
         "reward", *(f"reward_{c}" for c in reward_columns(task)), "kl", "clip_fraction", "loss", "grad_norm", "lr",
-        "response_length", "parse_failure_rate", "system2_failures", "dropped_groups", *DIVERSITY_COLUMNS,
+        "response_length", "parse_failure_rate", *SYSTEM2_FAILURE_COLUMNS, "dropped_groups", *DIVERSITY_COLUMNS,
         *(f"seconds_{p}" for p in PHASES), "seconds_step",
     )
 
