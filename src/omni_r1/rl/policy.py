@@ -10,11 +10,14 @@ token ``j``). Shapes: prompt length L, completion length C, group size G.
 
 from __future__ import annotations
 
+from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor
+from torch.utils.checkpoint import checkpoint
 
 from omni_r1.rl.grpo import completion_mask, token_logprobs
 
@@ -64,6 +67,12 @@ class PromptEncoding:
     rope_delta: int
 
 
+def _on_model(model: Any, inputs: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Prompt inputs (kept on the CPU until used) on the device of the model's embedding."""
+    device = model.model.get_input_embeddings().weight.device
+    return {name: tensor.to(device) for name, tensor in inputs.items()}
+
+
 def towers_frozen(model: Any) -> bool:
     """True when neither the vision nor the audio tower has a trainable parameter."""
     inner = model.model
@@ -77,6 +86,7 @@ def encode_prompt(model: Any, prompt_inputs: dict[str, Tensor]) -> PromptEncodin
         raise ValueError("encode_prompt caches tower outputs, which is only right when the towers are frozen; "
                          "set global_reasoning.freeze_vision/freeze_audio to true or run without the cache")
     inner = model.model
+    prompt_inputs = _on_model(model, prompt_inputs)
     ids = prompt_inputs["input_ids"]
     with torch.no_grad():
         embeds = inner.get_input_embeddings()(ids)
@@ -104,7 +114,13 @@ def encode_prompt(model: Any, prompt_inputs: dict[str, Tensor]) -> PromptEncodin
 
 def encoded_logprobs(model: Any, encoding: PromptEncoding, completion_ids: Tensor, *, eos_id: int,
                      pad_id: int | None) -> Tensor:
-    """``completion_logprobs`` from a ``PromptEncoding``: only the language model and its head run."""
+    """``completion_logprobs`` from a ``PromptEncoding``: only the language model and its head run.
+
+    The prompt runs once and its cache is shared by the G completions; under gradient checkpointing in
+    training (no cache) the G full rows run instead, with the same numbers."""
+    completion_ids = completion_ids.to(encoding.input_ids.device)
+    if not uses_kv_cache(model.model.language_model):
+        return _encoded_full_rows(model, encoding, completion_ids, eos_id=eos_id, pad_id=pad_id)
     prompt_out = _encoded_prompt_forward(model, encoding)
     return _completion_part(model, prompt_out, completion_ids.to(encoding.input_ids.device),
                             encoding.input_ids.shape[1] + encoding.rope_delta, eos_id=eos_id, pad_id=pad_id,
@@ -136,8 +152,61 @@ def _completion_part(model: Any, prompt_out: Any, completion_ids: Tensor, start:
                                     cache=cache, use_cache=True)
     hidden = torch.cat([prompt_out.last_hidden_state[:, -1:].expand(groups, -1, -1),
                         completion_out.last_hidden_state[:, :-1]], dim=1)
-    logits = model.lm_head(hidden)
-    return token_logprobs(logits, completion_ids)
+    return head_logprobs(model.lm_head, hidden, completion_ids)
+
+
+LOGPROB_CHUNK_TOKENS = 1024  # positions per lm_head chunk: fp32 logits of 1024 x 152k = 0.6 GB at a time
+
+
+def head_logprobs(lm_head: Any, hidden: Tensor, tokens: Tensor, *, chunk: int = LOGPROB_CHUNK_TOKENS) -> Tensor:
+    """Log-probs (N, L) float32 of ``tokens`` (N, L) from the hidden states (N, L, H) that predict them.
+
+    The vocabulary projection runs ``chunk`` positions at a time, and with gradients each chunk is
+    recomputed in backward (activation checkpointing), so neither the forward nor the saved tensors
+    ever hold the full (N, L, V) logits: 8 x 800 positions x 152k vocabulary would be 3.9 GB in
+    float32 per tensor. The numbers equal ``token_logprobs(lm_head(hidden), tokens)``.
+    """
+    if chunk < 1:
+        raise ValueError(f"chunk={chunk} must be at least 1 position")
+    rows, length = tokens.shape
+    flat_hidden = hidden.reshape(rows * length, -1)
+    flat_tokens = tokens.reshape(rows * length, 1)
+    parts = []
+    for start in range(0, rows * length, chunk):
+        piece = (flat_hidden[start:start + chunk], flat_tokens[start:start + chunk])
+        if torch.is_grad_enabled() and flat_hidden.requires_grad:
+            parts.append(checkpoint(_chunk_logprobs, lm_head, *piece, use_reentrant=False))
+        else:
+            parts.append(_chunk_logprobs(lm_head, *piece))
+    return torch.cat(parts).reshape(rows, length)
+
+
+def _chunk_logprobs(lm_head: Any, hidden: Tensor, tokens: Tensor) -> Tensor:
+    return token_logprobs(lm_head(hidden)[None], tokens.T)[0]
+
+
+def uses_kv_cache(language_model: Any) -> bool:
+    """Whether a forward keeps its key/value cache: HF turns the cache off in training under gradient
+    checkpointing, so the shared-prompt path (which repeats the prompt's cache) cannot run then."""
+    return not (getattr(language_model, "gradient_checkpointing", False) and language_model.training)
+
+
+def _encoded_full_rows(model: Any, encoding: PromptEncoding, completion_ids: Tensor, *, eos_id: int,
+                       pad_id: int | None) -> Tensor:
+    """``encoded_logprobs`` without a cache: G full (prompt + completion) rows through the language model,
+    the prompt's tower outputs taken from the encoding. For gradient checkpointing (no cache in training)."""
+    inner = model.model
+    groups, steps = completion_ids.shape
+    length = encoding.input_ids.shape[1]
+    device = encoding.input_ids.device
+    prompt = torch.where(encoding.multimodal, encoding.features, inner.get_input_embeddings()(encoding.input_ids))
+    embeds = torch.cat([prompt.expand(groups, -1, -1), inner.get_input_embeddings()(completion_ids)], dim=1)
+    mask = completion_mask(completion_ids, eos_id=eos_id, pad_id=pad_id).long()
+    attention = torch.cat([torch.ones((groups, length), dtype=torch.long, device=device), mask], dim=1)
+    after = (length + encoding.rope_delta + torch.arange(steps, device=device)).view(1, 1, -1).expand(3, groups, -1)
+    positions = torch.cat([encoding.position_ids.expand(-1, groups, -1), after], dim=2)
+    out = inner.language_model(inputs_embeds=embeds, attention_mask=attention, position_ids=positions, use_cache=False)
+    return head_logprobs(model.lm_head, out.last_hidden_state[:, length - 1 : -1], completion_ids)
 
 
 def completion_logprobs(model: Any, prompt_inputs: dict[str, Tensor], completion_ids: Tensor, *, eos_id: int,
@@ -150,6 +219,9 @@ def completion_logprobs(model: Any, prompt_inputs: dict[str, Tensor], completion
     values into the prompt's computation, so nothing is detached.
     """
     inner = model.model
+    prompt_inputs = _on_model(model, prompt_inputs)
+    if not uses_kv_cache(inner.language_model):
+        return full_completion_logprobs(model, prompt_inputs, completion_ids, eos_id=eos_id, pad_id=pad_id)
     length = prompt_inputs["input_ids"].shape[1]
     prompt_out = inner(**prompt_inputs, use_cache=True)
     # Text after the prompt continues the multimodal rope positions: the prompt's largest position + 1 + j,
@@ -162,7 +234,7 @@ def completion_logprobs(model: Any, prompt_inputs: dict[str, Tensor], completion
 def full_completion_logprobs(model: Any, prompt_inputs: dict[str, Tensor], completion_ids: Tensor, *, eos_id: int,
                              pad_id: int | None) -> Tensor:
     """``completion_logprobs`` the plain way: G full (prompt + completion) rows through the thinker."""
-    batch = group_inputs(prompt_inputs, completion_ids, eos_id=eos_id, pad_id=pad_id)
+    batch = group_inputs(_on_model(model, prompt_inputs), completion_ids, eos_id=eos_id, pad_id=pad_id)
     prompt_length = prompt_inputs["input_ids"].shape[1]
     logits = model(**batch, use_cache=False).logits
     completion_logits = logits[:, prompt_length - 1 : -1]
@@ -180,6 +252,9 @@ def pad_completions(rows: list[list[int]], *, pad_id: int) -> Tensor:
     return out
 
 
+MAX_CACHED_PROMPTS = 16  # a step's prompts (per rank) and the held-out set's, with room to spare
+
+
 class PromptCache:
     """Log-probs of completions for many prompts, keeping each prompt's ``PromptEncoding`` (frozen towers).
 
@@ -187,9 +262,11 @@ class PromptCache:
     The encoding depends only on the frozen towers, so the policy and its frozen reference share it.
     """
 
-    def __init__(self, *, eos_id: int, pad_id: int | None) -> None:
-        self.eos_id, self.pad_id = eos_id, pad_id
-        self._encodings: dict[str, PromptEncoding] = {}
+    def __init__(self, *, eos_id: int, pad_id: int | None, max_prompts: int = MAX_CACHED_PROMPTS) -> None:
+        if max_prompts < 1:
+            raise ValueError(f"max_prompts={max_prompts} must be at least 1")
+        self.eos_id, self.pad_id, self.max_prompts = eos_id, pad_id, max_prompts
+        self._encodings: OrderedDict[str, PromptEncoding] = OrderedDict()
 
     def logprobs(self, model: Any, key: str, prompt_inputs: dict[str, Tensor], completion_ids: Tensor) -> Tensor:
         """(G, C) log-probs of ``completion_ids`` after the prompt ``key`` under ``model``."""
@@ -199,10 +276,18 @@ class PromptCache:
                                 pad_id=self.pad_id)
 
     def encoding(self, model: Any, key: str, prompt_inputs: dict[str, Tensor]) -> PromptEncoding:
-        """The prompt's cached encoding (computed on first use)."""
-        if key not in self._encodings:
-            self._encodings[key] = encode_prompt(model, prompt_inputs)
-        return self._encodings[key]
+        """The prompt's cached encoding (computed on first use); the least recently used beyond
+        ``max_prompts`` is dropped, so a run's device memory does not grow with its prompts."""
+        if key in self._encodings:
+            self._encodings.move_to_end(key)
+            return self._encodings[key]
+        encoding = self._encodings[key] = encode_prompt(model, prompt_inputs)
+        while len(self._encodings) > self.max_prompts:
+            self._encodings.popitem(last=False)
+        return encoding
+
+    def __len__(self) -> int:
+        return len(self._encodings)
 
 
 def top_p_filter(logits: Tensor, top_p: float) -> Tensor:
@@ -223,12 +308,17 @@ def top_p_filter(logits: Tensor, top_p: float) -> Tensor:
 @torch.no_grad()
 def sample_completions(model: Any, encoding: PromptEncoding, *, num: int, max_new_tokens: int, eos_id: int,
                        pad_id: int, do_sample: bool = True, temperature: float = 1.0, top_p: float = 1.0,
-                       generator: torch.Generator | None = None) -> Tensor:
+                       generator: torch.Generator | None = None,
+                       all_done: Callable[[bool], bool] | None = None) -> Tensor:
     """``num`` completions (num, C) of one encoded prompt, padded with ``pad_id`` after each EOS.
 
     The prompt runs once and its cache is repeated for the ``num`` rows (``generate`` with
     ``num_return_sequences`` would run it ``num`` times). Sampling is temperature then top-p, as
     Omni-R1 samples (1.0, 0.95); ``generator`` makes it reproducible and resumable.
+
+    ``all_done`` turns "this process's rows are finished" into "every rank's are" (a collective): under
+    ZeRO-3 each forward gathers the partitioned weights from all ranks, so a rank that stopped early
+    would leave the others waiting. Finished rows keep decoding pads until all ranks are done.
     """
     language_model = model.model.language_model
     length = encoding.input_ids.shape[1]
@@ -252,7 +342,8 @@ def sample_completions(model: Any, encoding: PromptEncoding, *, num: int, max_ne
         chosen = torch.where(finished, torch.full_like(chosen, pad_id), chosen)
         tokens.append(chosen)
         finished |= chosen == eos_id
-        if bool(finished.all()) or step == max_new_tokens - 1:
+        done = bool(finished.all())
+        if (all_done(done) if all_done is not None else done) or step == max_new_tokens - 1:
             break
         attention = torch.cat([attention, torch.ones((num, 1), dtype=torch.long, device=device)], dim=1)
         position = torch.full((3, num, 1), length + encoding.rope_delta + step, dtype=torch.long, device=device)

@@ -188,6 +188,11 @@ def _token_id(tokenizer: Any, token: str) -> int:
     return token_id
 
 
+def to_device(inputs: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    """Model inputs moved to ``device`` (a no-op for tensors already there)."""
+    return {name: tensor.to(device) for name, tensor in inputs.items()}
+
+
 class FreezeCounts(NamedTuple):
     """Parameter counts (elements) after ``freeze_towers``."""
 
@@ -256,7 +261,8 @@ class GlobalReasoner:
 
         Returns ``input_ids``/``attention_mask`` (1, L); ``pixel_values_videos`` (patches, dim);
         ``video_grid_thw`` (1, 3); ``video_second_per_grid`` (1,); with audio also
-        ``input_features`` (1, mel_bins, frames) and ``feature_attention_mask`` (1, frames).
+        ``input_features`` (1, mel_bins, frames) and ``feature_attention_mask`` (1, frames). The tensors stay
+        on the CPU; whatever runs the model moves them (``to_device``).
         """
         audio = record.has_audio if use_audio is None else use_audio
         if audio and not record.has_audio:
@@ -283,7 +289,7 @@ class GlobalReasoner:
             inputs["input_features"] = mel
             # Only valid frames are cached, so the mask is all ones.
             inputs["feature_attention_mask"] = torch.ones((1, mel.shape[-1]), dtype=torch.long)
-        return {name: tensor.to(self.device) for name, tensor in inputs.items()}
+        return inputs  # on the CPU until used: a run holds many prompts, the model moves one at a time
 
     def generate_ids(
         self,
@@ -315,6 +321,7 @@ class GlobalReasoner:
                 "top_k": None,
                 "num_return_sequences": num_return_sequences,
             }
+        inputs = to_device(inputs, self.device)
         prompt_length = inputs["input_ids"].shape[1]
         devices = [self.device] if self.device.type == "cuda" else []
         with torch.no_grad(), torch.random.fork_rng(devices=devices):
