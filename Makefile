@@ -13,6 +13,7 @@ export DVC_NO_ANALYTICS := 1
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export PREFECT_HOME := $(CURDIR)/.prefect
 export PREFECT_LOGGING_LEVEL ?= WARNING
+# Only the pipeline flow (flows/) starts Prefect's temporary API, once per run; no stage does.
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 90
 export TOKENIZERS_PARALLELISM := false
 export HF_HUB_OFFLINE := 1
@@ -48,6 +49,7 @@ bench: venv
 	$(BIN)/python bench/metrics_speed.py
 	$(BIN)/python bench/grpo_step.py
 	$(BIN)/python bench/scaleout.py
+	$(BIN)/python bench/orchestration.py
 
 # Schedules need a real Prefect server (the ephemeral API cannot schedule). Blocks until Ctrl-C;
 # serve the nightly deployment from a second shell with the URL printed here.

@@ -1,7 +1,7 @@
 """The ``omni-r1`` command: the user-facing entry points over the same code the DVC stages run.
 
     omni-r1 synth   --format video|refavs|revos --out DIR --videos N --seed S
-    omni-r1 prepare --format video|refavs|revos --root DIR --out DIR   (ingest, validate, shard, features)
+    omni-r1 prepare --format video|refavs|revos --root DIR --out DIR   (dvc.yaml's ingest .. features, by DVC in DIR)
     omni-r1 inspect OUT_DIR [--json]
     omni-r1 pipeline [--stage NAME ...]                                  (the Prefect flow over dvc.yaml)
     omni-r1 serve [--cron "0 3 * * *"] [--name NAME]                     (the cron deployment; needs `make server`)
@@ -20,9 +20,6 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-PREPARE_STAGES = ("ingest", "validate", "shard", "features")
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="omni-r1", description="Omni-R1 data-to-model pipeline")
     sub = p.add_subparsers(dest="command", required=True)
@@ -34,12 +31,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--params", type=Path, default=Path("params.yaml"))
 
-    r = sub.add_parser("prepare", help="ingest, validate, shard and featurize any dataset outside the DVC graph")
+    r = sub.add_parser("prepare", help="ingest, validate, shard and featurize any dataset: dvc.yaml's data stages "
+                                       "run by DVC in OUT (a small DVC project)")
     r.add_argument("--format", choices=["video", "refavs", "revos"], required=True)
     r.add_argument("--root", type=Path, required=True)
     r.add_argument("--out", type=Path, required=True)
     r.add_argument("--params", type=Path, default=Path("params.yaml"))
     r.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    r.add_argument("--via", choices=["dvc", "flow"], default="dvc",
+                   help="dvc: `dvc repro` in OUT (default); flow: the Prefect pipeline flow over OUT's dvc.yaml")
 
     i = sub.add_parser("inspect", help="per-split counts, sizes, audio and quarantine of a prepared folder")
     i.add_argument("out_dir", type=Path)
@@ -105,31 +105,18 @@ def _synth(args: argparse.Namespace) -> int:
 
 
 def _prepare(args: argparse.Namespace) -> int:
-    """The data stages, in order, with the params file, on the given dataset; outputs mirror ``data/``."""
-    from stages import features, ingest, shard, validate
+    """The data stages of dvc.yaml, run by DVC (or the flow) on the given dataset; outputs mirror ``data/``."""
+    from flows.project import PrepareFailed, run_project, write_project
+    from omni_r1.config import ConfigError
 
-    out: Path = args.out
-    common = ["--params", str(args.params), *[a for o in args.overrides for a in ("--set", o)]]
-    steps = {
-        "ingest": (ingest.main, ["--format", args.format, "--root", str(args.root),
-                                 "--out", str(out / "interim/manifest.parquet"),
-                                 "--metrics", str(out / "metrics/ingest.json")]),
-        "validate": (validate.main, ["--root", str(args.root), "--manifest", str(out / "interim/manifest.parquet"),
-                                     "--out", str(out / "interim/validated.parquet"),
-                                     "--quarantine", str(out / "interim/quarantine.json"),
-                                     "--metrics", str(out / "metrics/validate.json")]),
-        "shard": (shard.main, ["--root", str(args.root), "--manifest", str(out / "interim/validated.parquet"),
-                               "--out", str(out / "shards"), "--metrics", str(out / "metrics/shard.json")]),
-        "features": (features.main, ["--shards", str(out / "shards"), "--out", str(out / "features"),
-                                     "--metrics", str(out / "metrics/features.json")]),
-    }
-    for name in PREPARE_STAGES:
-        run, argv = steps[name]
-        code = run([*common, *argv])
-        if code != 0:
-            logging.getLogger("omni-r1").error("prepare stopped at %s (exit %d); see the log above", name, code)
-            return code
-    return _inspect(argparse.Namespace(out_dir=out, json=False))
+    try:
+        project = write_project(Path(__file__).resolve().parents[1], args.out, args.root, args.format, args.params,
+                                args.overrides)
+        run_project(project, via=args.via)
+    except (ConfigError, PrepareFailed, ValueError) as error:
+        print(f"error: prepare stopped: {error}", file=sys.stderr)
+        return 1
+    return _inspect(argparse.Namespace(out_dir=args.out, json=False))
 
 
 def _inspect(args: argparse.Namespace) -> int:

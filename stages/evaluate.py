@@ -21,14 +21,14 @@ log = logging.getLogger("stages.evaluate")
 
 def main(argv: Sequence[str] | None = None) -> int:
     p = parser("evaluate", __doc__ or "")
-    p.add_argument("--shards", type=Path, default=Path("data/shards"))
-    p.add_argument("--predictions", type=Path, default=Path("data/predictions"))
-    p.add_argument("--out", type=Path, default=Path("data/eval"))
-    p.add_argument("--root", type=Path, default=None, help="the raw data root (default: data.root)")
+    p.add_argument("--shards", type=Path, required=True)
+    p.add_argument("--predictions", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--root", type=Path, required=True, help="the raw data root (dvc.yaml passes ${data.root})")
     args, params = parse(p, argv)
     rows_file = args.predictions / "rows.jsonl"
     predict_rows = [json.loads(line) for line in rows_file.read_text().splitlines() if line.strip()]
-    refavs_root = args.root or Path(params.data.root)  # read only when the shards hold RefAVS samples
+    refavs_root = args.root  # read only when the shards hold RefAVS samples
     summary, rows = evaluate(args.shards, args.predictions, params.predict.split, params.predict.policies,
                              predict_rows, refavs_root=refavs_root, resamples=params.predict.bootstrap_resamples,
                              seed=params.predict.bootstrap_seed)

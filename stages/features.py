@@ -25,9 +25,9 @@ log = logging.getLogger("stages.features")
 
 def main(argv: Sequence[str] | None = None) -> int:
     p = parser("features", __doc__ or "")
-    p.add_argument("--shards", type=Path, default=Path("data/shards"))
-    p.add_argument("--out", type=Path, default=Path("data/features"))
-    p.add_argument("--metrics", type=Path, default=Path("data/metrics/features.json"))
+    p.add_argument("--shards", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--metrics", type=Path, required=True)
     args, params = parse(p, argv)
     return guarded("features", lambda: _run(args, params))
 

@@ -21,16 +21,16 @@ log = logging.getLogger("stages.ingest")
 
 def main(argv: Sequence[str] | None = None) -> int:
     p = parser("ingest", __doc__ or "")
-    p.add_argument("--root", type=Path, default=None, help="dataset root (default data.root)")
+    p.add_argument("--root", type=Path, required=True, help="dataset root (dvc.yaml passes ${data.root})")
     p.add_argument("--format", choices=["video", "refavs", "revos"], default=None, help="layout (default data.format)")
-    p.add_argument("--out", type=Path, default=Path("data/interim/manifest.parquet"))
-    p.add_argument("--metrics", type=Path, default=Path("data/metrics/ingest.json"))
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--metrics", type=Path, required=True)
     args, params = parse(p, argv)
     return guarded("ingest", lambda: _run(args, params))
 
 
 def _run(args: argparse.Namespace, params: Params) -> int:
-    root = args.root or Path(params.data.root)
+    root = args.root
     fmt = args.format or params.data.format
     for out, what in ((args.out, "--out"), (args.metrics, "--metrics")):
         check_output_location(out, [root], what=what)  # a manifest written into the dataset would change it

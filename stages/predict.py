@@ -27,19 +27,19 @@ PREDICTION_PATTERNS = ("rows.jsonl", "**/*.png", "**/.*.tmp")  # what predict wr
 
 def main(argv: Sequence[str] | None = None) -> int:
     p = parser("predict", __doc__ or "")
-    p.add_argument("--shards", type=Path, default=Path("data/shards"))
-    p.add_argument("--features", type=Path, default=Path("data/features"))
-    p.add_argument("--manifest", type=Path, default=Path("data/interim/validated.parquet"),
+    p.add_argument("--shards", type=Path, required=True)
+    p.add_argument("--features", type=Path, required=True)
+    p.add_argument("--manifest", type=Path, required=True,
                    help="the validated manifest: where each sample's native frames are under --root")
-    p.add_argument("--root", type=Path, default=None, help="the raw data root (default: data.root)")
-    p.add_argument("--out", type=Path, default=Path("data/predictions"))
-    p.add_argument("--metrics", type=Path, default=Path("data/metrics/predict.json"))
+    p.add_argument("--root", type=Path, required=True, help="the raw data root (dvc.yaml passes ${data.root})")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--metrics", type=Path, required=True)
     args, params = parse(p, argv)
     entries = verified_shards(args.shards, params.predict.split)
     owned = claim_output_dir(args.out, "predict", patterns=PREDICTION_PATTERNS,
-                             protected=[args.shards, args.features, args.root or Path(params.data.root)])
+                             protected=[args.shards, args.features, args.root])
     owned.clear()  # only what an earlier predict run wrote; the folder is refused if it holds anything else
-    source = NativeSource.from_manifest(args.root or Path(params.data.root), args.manifest)
+    source = NativeSource.from_manifest(args.root, args.manifest)
     fan = params.predict.fanout
     with progress("predict", len(entries), "shard") as advance:
         per_shard = fan_out(predict_shard, entries, common=(args.shards, args.features, args.out, source, params),

@@ -26,14 +26,14 @@ log = logging.getLogger("stages.report")
 
 def main(argv: Sequence[str] | None = None) -> int:
     p = parser("report", __doc__ or "")
-    p.add_argument("--eval", type=Path, default=Path("data/eval"))
-    p.add_argument("--shards", type=Path, default=Path("data/shards"))
-    p.add_argument("--predictions", type=Path, default=Path("data/predictions"))
-    p.add_argument("--paper", type=Path, default=Path("reports/paper_numbers.yaml"))
-    p.add_argument("--out", type=Path, default=Path("reports"))
-    p.add_argument("--train", type=Path, default=Path("data/metrics/train.json"),
+    p.add_argument("--eval", type=Path, required=True)
+    p.add_argument("--shards", type=Path, required=True)
+    p.add_argument("--predictions", type=Path, required=True)
+    p.add_argument("--paper", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--train", type=Path, required=True,
                    help="the train stage's before/after summary (skipped when absent)")
-    p.add_argument("--train-log", type=Path, default=Path("data/metrics/train.tsv"))
+    p.add_argument("--train-log", type=Path, required=True)
     args, params = parse(p, argv)
     summary = json.loads((args.eval / "metrics.json").read_text())
     rows = [json.loads(line) for line in (args.eval / "samples.jsonl").read_text().splitlines() if line.strip()]

@@ -31,10 +31,10 @@ log = logging.getLogger("stages.shard")
 
 def main(argv: Sequence[str] | None = None) -> int:
     p = parser("shard", __doc__ or "")
-    p.add_argument("--manifest", type=Path, default=Path("data/interim/validated.parquet"))
-    p.add_argument("--root", type=Path, default=None, help="dataset root (default data.root)")
-    p.add_argument("--out", type=Path, default=Path("data/shards"))
-    p.add_argument("--metrics", type=Path, default=Path("data/metrics/shard.json"))
+    p.add_argument("--manifest", type=Path, required=True)
+    p.add_argument("--root", type=Path, required=True, help="dataset root (dvc.yaml passes ${data.root})")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--metrics", type=Path, required=True)
     p.add_argument("--work", type=Path, default=None,
                    help="decoded videos of an unfinished run, kept to resume it (default <out>.work, beside the "
                         "DVC output so that DVC leaves it alone); on a Dask or Ray cluster, a folder the workers share")
@@ -44,7 +44,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _run(args: argparse.Namespace, params: Params) -> int:
     work = args.work or args.out.with_name(args.out.name + ".work")
-    root = args.root or Path(params.data.root)
+    root = args.root
     check_output_location(args.out, [root, args.manifest], what="--out")
     check_output_location(args.metrics, [root, args.out], what="--metrics")
     groups = group_by_video(rows_from_frame(read_manifest(args.manifest, "validate")))

@@ -15,11 +15,11 @@ log = logging.getLogger("stages.synth")
 
 def main(argv: Sequence[str] | None = None) -> int:
     p = parser("synth", __doc__ or "")
-    p.add_argument("--out", type=Path, default=None, help="output root (default synth.out)")
+    p.add_argument("--out", type=Path, required=True, help="output root (dvc.yaml passes ${synth.out})")
     args, params = parse(p, argv)
     s = params.synth
     spec = SynthSpec(videos=s.videos, seed=s.seed, width=s.width, height=s.height, fps=s.fps, seconds=s.seconds)
-    summary = generate(args.out or Path(s.out), s.format, spec)
+    summary = generate(args.out, s.format, spec)
     log.info("wrote %d videos, %d expressions (%s layout) to %s", summary.videos, summary.expressions, s.format,
              summary.out_dir)
     return 0

@@ -25,13 +25,14 @@ log = logging.getLogger("stages.train")
 
 def main(argv: Sequence[str] | None = None) -> int:
     p = parser("train", __doc__ or "")
-    p.add_argument("--shards", type=Path, default=Path("data/shards"))
-    p.add_argument("--features", type=Path, default=Path("data/features"))
-    p.add_argument("--out", type=Path, default=None, help="checkpoints and exported policy (default train.out)")
-    p.add_argument("--log", type=Path, default=Path("data/metrics/train.tsv"))
-    p.add_argument("--metrics", type=Path, default=Path("data/metrics/train.json"))
+    p.add_argument("--shards", type=Path, required=True)
+    p.add_argument("--features", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True,
+                   help="checkpoints and exported policy (dvc.yaml passes ${train.out})")
+    p.add_argument("--log", type=Path, required=True)
+    p.add_argument("--metrics", type=Path, required=True)
     args, params = parse(p, argv)
-    paths = RunPaths(args.shards, args.features, args.out or Path(params.train.out), args.log)
+    paths = RunPaths(args.shards, args.features, args.out, args.log)
     bars: dict[int, tqdm] = {}
 
     def on_step(seed: int, step: int, values: dict[str, float]) -> None:

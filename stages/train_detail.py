@@ -24,11 +24,12 @@ log = logging.getLogger("stages.train_detail")
 
 def main(argv: Sequence[str] | None = None) -> int:
     p = parser("train_detail", __doc__ or "")
-    p.add_argument("--shards", type=Path, default=Path("data/shards"))
-    p.add_argument("--out", type=Path, default=None, help="checkpoint folder (default detail.light_checkpoint)")
-    p.add_argument("--metrics", type=Path, default=Path("data/metrics/train_detail.json"))
+    p.add_argument("--shards", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True,
+                   help="checkpoint folder (dvc.yaml passes ${detail.light_checkpoint}, which predict loads)")
+    p.add_argument("--metrics", type=Path, required=True)
     args, params = parse(p, argv)
-    out = args.out or Path(params.detail.light_checkpoint)
+    out = args.out
     samples = read_samples(args.shards, "train")  # System 2 measures on its own held-out train videos
     total = sum(step_counts(params.detail).values())
     with tqdm(total=total, desc="train_detail", unit="step", dynamic_ncols=True) as bar:

@@ -22,17 +22,17 @@ log = logging.getLogger("stages.validate")
 
 def main(argv: Sequence[str] | None = None) -> int:
     p = parser("validate", __doc__ or "")
-    p.add_argument("--manifest", type=Path, default=Path("data/interim/manifest.parquet"))
-    p.add_argument("--root", type=Path, default=None, help="dataset root (default data.root)")
-    p.add_argument("--out", type=Path, default=Path("data/interim/validated.parquet"))
-    p.add_argument("--quarantine", type=Path, default=Path("data/interim/quarantine.json"))
-    p.add_argument("--metrics", type=Path, default=Path("data/metrics/validate.json"))
+    p.add_argument("--manifest", type=Path, required=True)
+    p.add_argument("--root", type=Path, required=True, help="dataset root (dvc.yaml passes ${data.root})")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--quarantine", type=Path, required=True)
+    p.add_argument("--metrics", type=Path, required=True)
     args, params = parse(p, argv)
     return guarded("validate", lambda: _run(args, params))
 
 
 def _run(args: argparse.Namespace, params: Params) -> int:
-    root = args.root or Path(params.data.root)
+    root = args.root
     for out, what in ((args.out, "--out"), (args.quarantine, "--quarantine"), (args.metrics, "--metrics")):
         check_output_location(out, [root, args.manifest], what=what)
     policy = ValidationPolicy(params.validate.max_bad_fraction, params.validate.require_audio)

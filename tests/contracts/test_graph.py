@@ -29,10 +29,72 @@ def _render(text: str) -> str:
 
 def test_every_stage_is_a_thin_cli_with_the_same_name() -> None:
     for name, stage in DVC.items():
-        assert stage["cmd"] == f"python -m stages.{name}", name
+        assert stage["cmd"].startswith(f"python -m stages.{name} "), name
         module = importlib.import_module(f"stages.{name}")
         assert callable(module.main), f"stages/{name}.py needs main(argv) -> int"
         assert f"stages/{name}.py" in stage["deps"]
+
+
+def _paths(entries: list) -> list[str]:
+    return [e if isinstance(e, str) else next(iter(e)) for e in entries or []]
+
+
+def _cmd_paths(stage: dict) -> list[str]:
+    """The values of the cmd's ``--flag value`` pairs, interpolated."""
+    tokens = _render(stage["cmd"]).split()
+    return [value for flag, value in zip(tokens, tokens[1:]) if flag.startswith("--")]
+
+
+def _named(path: str, named: list[str]) -> bool:
+    return any(path == n or path.startswith(n.rstrip("/") + "/") for n in named)
+
+
+def _param_strings(declared: list[str]) -> set[str]:
+    """Every string value under the stage's declared params (sections or single keys)."""
+    found: set[str] = set()
+
+    def walk(node: object) -> None:
+        if isinstance(node, str):
+            found.add(node)
+        elif isinstance(node, dict):
+            for value in node.values():
+                walk(value)
+
+    for key in declared:
+        walk(_lookup(key))
+    return found
+
+
+def test_every_cmd_names_its_outputs_and_data_inputs() -> None:
+    """One place for the paths: dvc.yaml's cmd passes each out and each data dep to the stage CLI.
+
+    A dep whose path is the value of one of the stage's declared params (predict loads
+    ``global_reasoning.checkpoint``, train's export, and ``detail.light_checkpoint``) is a checkpoint
+    the stage loads through params.yaml, and need not be in the cmd.
+    """
+    for name, stage in DVC.items():
+        named = _cmd_paths(stage)
+        for out in _paths(stage.get("outs")) + _paths(stage.get("metrics")) + _paths(stage.get("plots")):
+            assert _named(_render(out), named), f"stage {name}: cmd does not name its output {out}"
+        through_params = _param_strings(stage.get("params", []))
+        for dep in _paths(stage.get("deps")):
+            if dep.startswith(("src/", "stages/", "flows/")) or _render(dep) in through_params:
+                continue
+            assert _named(_render(dep), named), f"stage {name}: cmd does not name its input {dep}"
+
+
+def test_stage_clis_require_their_paths(capsys) -> None:  # type: ignore[no-untyped-def]
+    """Without arguments a stage CLI refuses to run (argparse, exit 2) and names the missing paths."""
+    import pytest
+
+    for name, stage in DVC.items():
+        module = importlib.import_module(f"stages.{name}")
+        with pytest.raises(SystemExit) as exit_info:
+            module.main([])
+        assert exit_info.value.code == 2, name
+        err = capsys.readouterr().err
+        flags = [t for t in _render(stage["cmd"]).split() if t.startswith("--") and t != "--format"]
+        assert "the following arguments are required" in err and all(f in err for f in flags), (name, err)
 
 
 def test_declared_params_exist() -> None:

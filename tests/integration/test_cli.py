@@ -32,7 +32,7 @@ def test_synth_cli_writes_the_requested_layout(tmp_path: Path) -> None:
     assert (tmp_path / "meta_expressions_train_.json").is_file() and (tmp_path / "mask_dict.json").is_file()
 
 
-def test_prepare_refavs_end_to_end(synth_refavs: Path, tmp_path: Path, prefect_harness: None,
+def test_prepare_refavs_end_to_end(synth_refavs: Path, tmp_path: Path,
                                    capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "refavs-out"
     assert _prepare("refavs", synth_refavs, out) == 0
@@ -56,7 +56,7 @@ def test_prepare_refavs_end_to_end(synth_refavs: Path, tmp_path: Path, prefect_h
         assert len(records) == entry["records"] and all(r.audio_feature_length > 0 for r in records)
 
 
-def test_prepare_revos_and_table_output(synth_revos: Path, tmp_path: Path, prefect_harness: None,
+def test_prepare_revos_and_table_output(synth_revos: Path, tmp_path: Path,
                                         capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "revos-out"
     assert _prepare("revos", synth_revos, out) == 0
@@ -71,3 +71,35 @@ def test_prepare_revos_and_table_output(synth_revos: Path, tmp_path: Path, prefe
 def test_inspect_of_an_unprepared_folder_says_what_to_do(tmp_path: Path) -> None:
     with pytest.raises(RuntimeError, match="rerun the shard stage"):
         main(["inspect", str(tmp_path)])
+
+
+def test_prepare_runs_dvc_yaml_itself_and_a_rerun_skips_everything(synth_video: Path, tmp_path: Path,
+                                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    """No second graph: OUT's dvc.yaml is the repository's data stages with data/ dropped from their paths."""
+    import subprocess
+    import sys
+
+    import yaml
+
+    out = tmp_path / "video-out"
+    assert _prepare("video", synth_video, out) == 0
+    ours = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    theirs = yaml.safe_load((out / "dvc.yaml").read_text())["stages"]
+    assert list(theirs) == ["ingest", "validate", "shard", "features"]
+    for name, stage in theirs.items():
+        assert stage["cmd"] == " ".join(ours[name]["cmd"].split()).replace(" data/", " ")
+    assert set(yaml.safe_load((out / "dvc.lock").read_text())["stages"]) == set(theirs)
+    manifest = out / "shards" / "manifest.json"
+    written = manifest.stat().st_mtime_ns
+    dvc = str(Path(sys.executable).with_name("dvc"))
+    status = subprocess.run([dvc, "status"], cwd=out, capture_output=True, text=True, check=True)
+    assert "up to date" in status.stdout, status.stdout
+    assert _prepare("video", synth_video, out) == 0  # the same params: DVC skips every stage
+    assert manifest.stat().st_mtime_ns == written
+    capsys.readouterr()
+
+
+def test_prepare_refuses_an_output_inside_the_dataset(synth_video: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert _prepare("video", synth_video, synth_video / "prepared") == 1
+    assert "inside the dataset root" in capsys.readouterr().err
+    assert not (synth_video / "prepared").exists()

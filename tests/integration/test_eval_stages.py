@@ -31,14 +31,16 @@ def run(synth_video: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str
     assert cli(["prepare", "--format", "video", "--root", str(synth_video), "--out", str(out), *small[:6]]) == 0
     paths = {"shards": out / "shards", "features": out / "features", "pred": out / "predictions",
              "eval": out / "eval", "reports": out / "reports", "detail": out / "detail"}
-    assert train_detail.main([*small, "--shards", str(paths["shards"]), "--metrics", str(out / "td.json")]) == 0
-    assert predict.main([*small, "--shards", str(paths["shards"]), "--features", str(paths["features"]),
-                         "--manifest", str(out / "interim/validated.parquet"),
+    assert train_detail.main([*small, "--shards", str(paths["shards"]), "--out", str(paths["detail"]),
+                              "--metrics", str(out / "td.json")]) == 0
+    assert predict.main([*small, "--root", str(synth_video), "--shards", str(paths["shards"]),
+                         "--features", str(paths["features"]), "--manifest", str(out / "interim/validated.parquet"),
                          "--out", str(paths["pred"]), "--metrics", str(out / "predict.json")]) == 0
-    assert evaluate.main([*small, "--shards", str(paths["shards"]), "--predictions", str(paths["pred"]),
-                          "--out", str(paths["eval"])]) == 0
+    assert evaluate.main([*small, "--root", str(synth_video), "--shards", str(paths["shards"]),
+                          "--predictions", str(paths["pred"]), "--out", str(paths["eval"])]) == 0
     assert report.main([*small, "--eval", str(paths["eval"]), "--shards", str(paths["shards"]),
                         "--predictions", str(paths["pred"]), "--paper", str(REPO / "reports/paper_numbers.yaml"),
+                        "--train", str(out / "no-train.json"), "--train-log", str(out / "no-train.tsv"),
                         "--out", str(paths["reports"])]) == 0
     return paths
 
@@ -93,8 +95,7 @@ def test_report_puts_this_run_beside_the_paper(run: dict[str, Path]) -> None:
 
 
 @pytest.fixture(scope="module")
-def refavs_run(run: dict[str, Path], synth_refavs: Path, tmp_path_factory: pytest.TempPathFactory,
-               prefect_harness: None) -> dict[str, Path]:
+def refavs_run(run: dict[str, Path], synth_refavs: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """A RefAVS-layout set through prepare, predict (System 2 policies only: fast), evaluate and report."""
     out = tmp_path_factory.mktemp("eval-refavs")
     small = ["--params", str(REPO / "params.yaml"), "--set", "data.low_res=64", "--set", "data.high_res=96",
@@ -103,13 +104,14 @@ def refavs_run(run: dict[str, Path], synth_refavs: Path, tmp_path_factory: pytes
              "--set", "predict.policies=[predict_nothing, uniform_keyframes]"]
     assert cli(["prepare", "--format", "refavs", "--root", str(synth_refavs), "--out", str(out), *small[:6]]) == 0
     paths = {"root": synth_refavs, "pred": out / "predictions", "eval": out / "eval", "reports": out / "reports"}
-    assert predict.main([*small, "--shards", str(out / "shards"), "--features", str(out / "features"),
-                         "--manifest", str(out / "interim/validated.parquet"),
+    assert predict.main([*small, "--root", str(synth_refavs), "--shards", str(out / "shards"),
+                         "--features", str(out / "features"), "--manifest", str(out / "interim/validated.parquet"),
                          "--out", str(paths["pred"]), "--metrics", str(out / "predict.json")]) == 0
-    assert evaluate.main([*small, "--shards", str(out / "shards"), "--predictions", str(paths["pred"]),
-                          "--out", str(paths["eval"])]) == 0
+    assert evaluate.main([*small, "--root", str(synth_refavs), "--shards", str(out / "shards"),
+                          "--predictions", str(paths["pred"]), "--out", str(paths["eval"])]) == 0
     assert report.main([*small, "--eval", str(paths["eval"]), "--shards", str(out / "shards"),
                         "--predictions", str(paths["pred"]), "--paper", str(REPO / "reports/paper_numbers.yaml"),
+                        "--train", str(out / "no-train.json"), "--train-log", str(out / "no-train.tsv"),
                         "--out", str(paths["reports"])]) == 0
     return paths
 

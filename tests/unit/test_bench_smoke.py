@@ -130,3 +130,27 @@ def test_grpo_step_bench_prints_the_split_and_ratios_last(tmp_path: Path, monkey
     assert any(line.startswith("System 2: light backend QUICK-TRAINED for 2 steps") for line in lines), lines
     assert sum(line.startswith("step ") for line in lines) == 2  # the two timed steps, after one warm-up step
     assert (tmp_path / "cache").is_dir() and not list(tmp_path.glob("no-*")), "nothing may be written to the fake paths"
+
+
+ORCHESTRATION_LINE = re.compile(
+    r"ratio dvc/direct = (?P<ratio>[\d.]+) \(dvc (?P<dvc>[\d.]+) s, direct (?P<direct>[\d.]+) s, "
+    r"(?P<videos>\d+) videos x (?P<frames>\d+) frames\)"
+)
+
+
+@pytest.mark.slow  # two runs of the data half on 2 tiny videos (imports of torch and great_expectations): ~30 s
+def test_orchestration_bench_prints_the_dvc_ratio_last(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    spec = importlib.util.spec_from_file_location("orchestration", REPO / "bench" / "orchestration.py")
+    assert spec is not None and spec.loader is not None
+    bench = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, bench)  # dataclasses look their module up while it runs
+    spec.loader.exec_module(bench)
+    assert bench.main(["--tiny", "--scratch", str(tmp_path)]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    match = ORCHESTRATION_LINE.fullmatch(lines[-1])
+    assert match is not None, lines[-1]
+    assert float(match["ratio"]) > 0 and float(match["dvc"]) > 0 and float(match["direct"]) > 0
+    assert (int(match["videos"]), int(match["frames"])) == (2, 10)  # --tiny: 2 clips of 1 s at 10 fps
+    assert not any(line.startswith("warning:") for line in lines), lines  # both paths wrote the same shards
+    assert list(tmp_path.iterdir()) == [], "the benchmark's scratch folder must be removed"
