@@ -4,7 +4,6 @@ synthetic data version in a throwaway git + DVC repo (slow).
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -70,14 +69,10 @@ def test_refavs_table_on_data_without_refavs_splits_says_why() -> None:
 
 
 @pytest.mark.slow
-def test_reproduce_revos_on_a_pinned_synthetic_version(tmp_path: Path, prefect_harness: None,
-                                                       capsys: pytest.CaptureFixture[str]) -> None:
-    from prefect.settings import PREFECT_API_URL
-
+def test_reproduce_revos_on_a_pinned_synthetic_version(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from flows.cli import main
 
     repo = make_project(tmp_path, tmp_path / "remote")
-    os.environ["PREFECT_API_URL"] = str(PREFECT_API_URL.value())  # stages reuse the session's Prefect API
     # predict depends on the train stage's export, so the small project trains first (1 warm-start step,
     # 1 GRPO step); the reproduction below then evaluates builtin:tiny on the pinned data.
     _sh(repo, str(BIN / "dvc"), "repro", "train")

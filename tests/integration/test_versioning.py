@@ -144,13 +144,9 @@ def make_project(tmp: Path, remote: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory: pytest.TempPathFactory, prefect_harness: None) -> Path:
-    from prefect.settings import PREFECT_API_URL
-
+def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     tmp = tmp_path_factory.mktemp("versioning")
     repo = make_project(tmp, tmp / "remote")
-    # Stage subprocesses reach the session's Prefect API instead of each starting an ephemeral one.
-    os.environ["PREFECT_API_URL"] = str(PREFECT_API_URL.value())
     _sh(repo, str(BIN / "dvc"), "repro", "features")
     return repo
 
