@@ -96,3 +96,20 @@ def test_sampling_keeps_decoding_until_every_rank_is_done(params, items) -> None
     head.bias = None
     assert alone.shape[1] == 1 and synced.shape[1] == 5
     assert torch.equal(synced[:, :1], alone) and (synced[:, 1:] == int(tok.pad_token_id)).all()
+
+
+def test_the_kl_reference_is_the_language_model_alone_and_scores_like_the_start(params, items) -> None:
+    from omni_r1.rl.engine import ReferenceModel, build_engine
+
+    reasoner = build_reasoner(params, 0)
+    engine = build_engine(reasoner.model, params.train, total_steps=1, device=reasoner.device)
+    reference = engine.reference
+    assert isinstance(reference, ReferenceModel) and not any(p.requires_grad for p in reference.parameters())
+    names = [name for name, _ in reference.named_parameters()]
+    assert names and not any("visual" in n or "audio_tower" in n for n in names)  # no second set of towers
+    ids, eos, pad = _ids(reasoner)
+    encoding = encode_prompt(reasoner.model, items[0].inputs)
+    with torch.no_grad():
+        ours = encoded_logprobs(reference, encoding, ids, eos_id=eos, pad_id=pad)
+        start = encoded_logprobs(reasoner.model, encoding, ids, eos_id=eos, pad_id=pad)
+    assert torch.equal(ours, start)

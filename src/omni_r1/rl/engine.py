@@ -53,6 +53,7 @@ class PolicyEngine(Protocol):
     optimizer: Optimizer
     scheduler: LRScheduler
     device: torch.device
+    reference: nn.Module | None  # the frozen KL reference (``build_reference``), built before any sharding
 
     def backward(self, loss: Tensor) -> None:
         """Accumulate the gradients of ``loss`` (a scalar)."""
@@ -135,6 +136,62 @@ def _check_finite(grad_norm: float) -> float:
     return grad_norm
 
 
+# ------------------------------------------------------------------------------------------- reference
+
+
+class _TextModel(nn.Module):
+    """The ``model.model`` of a ``ReferenceModel``: the language model alone (embeddings included)."""
+
+    def __init__(self, language_model: nn.Module) -> None:
+        super().__init__()
+        self.language_model = language_model
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.language_model.get_input_embeddings()
+
+
+class ReferenceModel(nn.Module):
+    """The KL reference of a thinker whose towers are frozen: a frozen copy of its language model and head.
+
+    The towers' outputs are the same for the policy and the reference (both frozen), so the prompt's
+    encoding is shared and only the language model is copied: no second vision and audio tower. It
+    has the attributes the encoded log-prob path reads (``model.language_model``,
+    ``model.get_input_embeddings()``, ``lm_head``).
+    """
+
+    def __init__(self, thinker: nn.Module) -> None:
+        super().__init__()
+        # One deepcopy of both keeps a tied head tied.
+        language_model, lm_head = copy.deepcopy((thinker.model.language_model, thinker.lm_head))
+        self.model = _TextModel(language_model)
+        self.lm_head = lm_head
+
+
+def build_reference(model: nn.Module) -> nn.Module:
+    """A frozen copy of the starting policy for the KL term: language model and head only when the towers are
+    frozen (``ReferenceModel``), the whole thinker otherwise. Call it before DeepSpeed partitions ``model``."""
+    from omni_r1.rl.policy import towers_frozen
+
+    hf_thinker = hasattr(model, "model") and hasattr(model.model, "language_model") and hasattr(model, "lm_head")
+    reference = ReferenceModel(model) if hf_thinker and towers_frozen(model) else copy.deepcopy(model)
+    reference.requires_grad_(False)
+    return reference.eval()
+
+
+def local_device(device: str | torch.device) -> torch.device:
+    """This rank's device, made the current CUDA device before any model, prompt or System 2 lands on it.
+
+    Under the ``deepspeed`` launcher (or torchrun) every rank would otherwise put everything on
+    ``cuda:0``; the launcher's ``LOCAL_RANK`` names the GPU of this rank. CPU devices pass through.
+    """
+    device = torch.device(device)
+    if device.type != "cuda":
+        return device
+    index = int(os.environ.get("LOCAL_RANK", device.index or 0))
+    torch.cuda.set_device(index)
+    return torch.device("cuda", index)
+
+
 # ----------------------------------------------------------------------------------------------- torch
 
 
@@ -149,9 +206,11 @@ class TorchEngine:
         weight_decay: float,
         max_grad_norm: float,
         lr_lambda: Callable[[int], float],
+        reference: nn.Module | None = None,
     ) -> None:
         self.model = model
         self.device = next(model.parameters()).device
+        self.reference = None if reference is None else reference.to(self.device)
         self.max_grad_norm = max_grad_norm
         groups = param_groups(model, weight_decay)
         self._trainable = [p for group in groups for p in group["params"]]
@@ -305,9 +364,12 @@ class DeepSpeedEngine:
         lr_lambda: Callable[[int], float],
         device: torch.device,
         gradient_checkpointing: bool = False,
+        reference: nn.Module | None = None,
     ) -> None:
         self._deepspeed = import_deepspeed(device)
         init_distributed(self._deepspeed, device)
+        # Before the policy is wrapped: ZeRO-3 partitions its weights in place.
+        self.reference = None if reference is None else self._wrap_reference(reference, config, device)
         if gradient_checkpointing:
             enable_gradient_checkpointing(model)
         groups = param_groups(model, weight_decay)
@@ -326,6 +388,27 @@ class DeepSpeedEngine:
         self.scheduler: LRScheduler = scheduler
         self.device = torch.device(engine.device)
         self._stage = int(engine.zero_optimization_stage())
+
+    def _wrap_reference(self, reference: nn.Module, config: Mapping[str, Any], device: torch.device) -> nn.Module:
+        """ZeRO-3: the reference as its own frozen ZeRO-3 inference engine (partitioned like the policy, no
+        optimizer), as TRL prepares its reference model; otherwise a whole frozen copy on this rank's device
+        in the precision the policy trains in."""
+        zero = dict(config.get("zero_optimization", {}))
+        if int(zero.get("stage", 0)) < 3:
+            dtype = torch.bfloat16 if config.get("bf16", {}).get("enabled") else None
+            return reference.to(device=device, dtype=dtype)
+        inference = {
+            "train_micro_batch_size_per_gpu": config.get("train_micro_batch_size_per_gpu", 1),
+            "bf16": dict(config.get("bf16", {"enabled": False})),
+            "zero_optimization": {key: value for key, value in zero.items()
+                                  if key in ("stage", "offload_param", "stage3_param_persistence_threshold",
+                                             "stage3_prefetch_bucket_size", "stage3_max_live_parameters",
+                                             "stage3_max_reuse_distance")},
+            "steps_per_print": config.get("steps_per_print", 1_000_000),
+        }
+        engine, *_ = self._deepspeed.initialize(model=reference, config=inference)
+        engine.eval()
+        return engine
 
     def _optimizer(self, groups: list[dict[str, Any]], lr: float, offload: bool) -> Optimizer:
         # ZeRO-Offload refuses a torch optimizer on CPU-held states (too slow); DeepSpeed's vectorised
@@ -377,8 +460,12 @@ class DeepSpeedEngine:
 
 
 def build_engine(model: nn.Module, params: TrainParams, *, total_steps: int, device: torch.device) -> PolicyEngine:
-    """The engine ``params.deepspeed.enabled`` asks for, with ``total_steps`` optimizer steps of schedule."""
+    """The engine ``params.deepspeed.enabled`` asks for, with ``total_steps`` optimizer steps of schedule.
+
+    With ``train.beta`` > 0 the engine also holds the KL reference, copied from ``model`` as it is now
+    (the starting policy) before anything is sharded."""
     lr_lambda = make_lr_lambda(params.lr_schedule, params.warmup_steps, total_steps)
+    reference = build_reference(model) if params.beta > 0 else None
     if not params.deepspeed.enabled:
         return TorchEngine(
             model.to(device),
@@ -386,6 +473,7 @@ def build_engine(model: nn.Module, params: TrainParams, *, total_steps: int, dev
             weight_decay=params.weight_decay,
             max_grad_norm=params.max_grad_norm,
             lr_lambda=lr_lambda,
+            reference=reference,
         )
     config = deepspeed_config(load_deepspeed_config(params.deepspeed.config), params, device)
     return DeepSpeedEngine(
@@ -396,5 +484,6 @@ def build_engine(model: nn.Module, params: TrainParams, *, total_steps: int, dev
         lr_lambda=lr_lambda,
         device=device,
         gradient_checkpointing=params.deepspeed.gradient_checkpointing,
+        reference=reference,
     )
 

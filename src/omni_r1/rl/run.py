@@ -27,7 +27,7 @@ import torch
 from omni_r1.config import Params, params_from_dict, params_to_dict
 from omni_r1.fileio import atomic_write_text
 from omni_r1.models.processor import build_processor
-from omni_r1.rl.engine import build_engine
+from omni_r1.rl.engine import build_engine, local_device
 from omni_r1.rl.alarms import CollapseAlarm
 from omni_r1.rl.heldout import evaluate_policy
 from omni_r1.rl.prompts_data import PromptItem, load_prompt_items, training_items
@@ -145,6 +145,7 @@ def run_training(params: Params, paths: RunPaths, *, say: Say = print, on_step: 
     workers = min(params.train.seed_workers, len(seeds))
     if workers > 1:
         return _run_parallel(params, paths, seeds, workers)
+    params = on_local_device(params)  # first: under a launcher nothing may land on another rank's GPU
     torch.set_num_threads(params.train.cpu_threads)
     segmenter = build_segmenter(params.detail)
     log = StepLog(paths.log)
@@ -161,6 +162,16 @@ def run_training(params: Params, paths: RunPaths, *, say: Say = print, on_step: 
         result.pop("reasoner", None)
         results.append(result)
     return summary(results)
+
+
+def on_local_device(params: Params) -> Params:
+    """``params`` with System 1's and System 2's CUDA devices set to this rank's GPU (``engine.local_device``),
+    which becomes the current CUDA device; CPU settings are left as they are."""
+    gr, detail = params.global_reasoning, params.detail
+    return dataclasses.replace(
+        params, global_reasoning=dataclasses.replace(gr, device=str(local_device(gr.device))),
+        detail=dataclasses.replace(detail, device=str(local_device(detail.device))),
+    )
 
 
 def _part_log(paths: RunPaths, seed: int) -> Path:

@@ -20,7 +20,6 @@ data order and its position are part of the checkpoint, so a resumed run continu
 
 from __future__ import annotations
 
-import copy
 import math
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -37,9 +36,9 @@ from omni_r1.rl.alarms import COLUMNS as DIVERSITY_COLUMNS
 from omni_r1.rl.alarms import step_diversity
 from omni_r1.rl.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from omni_r1.rl.draws import draw_item, video_groups
-from omni_r1.rl.engine import PolicyEngine
+from omni_r1.rl.engine import PolicyEngine, ReferenceModel, build_reference
 from omni_r1.rl.grpo import completion_mask, group_advantages, informative_groups, policy_loss
-from omni_r1.rl.policy import PromptCache, sample_completions, towers_frozen
+from omni_r1.rl.policy import PromptCache, encoded_logprobs, sample_completions, towers_frozen
 from omni_r1.rl.prompts_data import PromptItem
 from omni_r1.rl.rewards import (
     NO_BOX, NO_VALID_BOX, SYSTEM2_ERROR, RewardBreakdown, RewardError, reward_columns, score_rollouts,
@@ -145,7 +144,9 @@ class GRPOTrainer:
         self.checkpoint_dir, self.seed, self.reward_fn = checkpoint_dir, seed, reward_fn
         tokenizer = reasoner.processor.tokenizer
         self.eos_id, self.pad_id = int(tokenizer.eos_token_id), int(tokenizer.pad_token_id)
-        self.reference = frozen_copy(reasoner.model) if self.train.beta > 0 else None
+        # The engine copies the reference before it shards the policy (a copy of a ZeRO-3 model holds no weights).
+        self.reference = (getattr(engine, "reference", None) or build_reference(reasoner.model)
+                          if self.train.beta > 0 else None)
         # Under the DeepSpeed launcher every rank walks the same order and takes its slice of each batch.
         self.rank, self.world = distributed_rank()
         # Official draws (omni_r1.rl.draws): the order walks videos, each draw picks one of its expressions.
@@ -270,17 +271,25 @@ class GRPOTrainer:
         return Group(item, group.completion_ids, group.mask, group.rollouts, tuple(rewards))
 
     def _update(self, groups: list[Group], advantages: torch.Tensor, keep: torch.Tensor, step: int) -> dict[str, float]:
+        """The loss over the kept groups, one backward and one optimizer step per update.
+
+        Under several ranks every rank runs the same collectives: if any rank kept a group, each runs the
+        forward of all its groups (a dropped group weighs 0, so a rank with none kept still backpropagates a
+        zero loss) and exactly one backward and step; if no rank kept one, none updates."""
         kept = [i for i in range(len(groups)) if bool(keep[i])]
         stats: dict[str, float] = {"loss": 0.0, "kl": 0.0, "clip_fraction": 0.0, "grad_norm": 0.0,
                                    "lr": float(self.engine.optimizer.param_groups[0]["lr"])}
-        if not kept:
-            return stats  # every group was uninformative: no gradient this step (counted in dropped_groups)
+        if _all_ranks_sum(len(kept), self.world) == 0:
+            return stats  # every group of every rank was uninformative: no gradient this step (dropped_groups)
+        weights = {i: (1.0 / len(kept) if i in kept else 0.0) for i in range(len(groups))}
+        order = kept if self.world == 1 else list(range(len(groups)))  # alone, dropped groups need no forward
         model = self.engine.model
-        sampling = self._sampling_logp(groups, kept)
+        sampling = self._sampling_logp(groups, order)
         for _ in range(self.train.updates_per_batch):
             model.train()
             sums = {"loss": 0.0, "kl": 0.0, "clip_fraction": 0.0}
-            for i in kept:
+            total: torch.Tensor | None = None
+            for i in order:
                 group = groups[i]
                 logp = self.prompts.logprobs(model, group.item.key, group.item.inputs, group.completion_ids)
                 old_logp = sampling[i] if sampling else logp.detach()
@@ -296,9 +305,11 @@ class GRPOTrainer:
                         f"checkpoint in {self.checkpoint_dir} is intact. Train this seed again with a lower train.lr, or resume "
                         "with a smaller train.max_grad_norm"
                     )
-                self.engine.backward(loss / len(kept))
+                total = loss * weights[i] if total is None else total + loss * weights[i]
                 for name in sums:
-                    sums[name] += values[name] / len(kept)
+                    sums[name] += values[name] * weights[i]
+            assert total is not None
+            self.engine.backward(total)
             result = self.engine.step()
             stats |= sums | {"grad_norm": float(result["grad_norm"]), "lr": float(result["lr"])}
         model.eval()
@@ -317,6 +328,10 @@ class GRPOTrainer:
         if self.reference is None:
             return None
         with torch.no_grad():
+            if isinstance(_unwrap(self.reference), ReferenceModel):  # language model only: the policy's encoding
+                encoding = self.prompts.encoding(self.engine.model, group.item.key, group.item.inputs)
+                return encoded_logprobs(self.reference, encoding, group.completion_ids, eos_id=self.eos_id,
+                                        pad_id=self.pad_id)
             return self.prompts.logprobs(self.reference, group.item.key, group.item.inputs, group.completion_ids)
 
     # ------------------------------------------------------------------------------------------ logging
@@ -346,6 +361,31 @@ class GRPOTrainer:
         return values
 
 
+def _unwrap(module: torch.nn.Module) -> torch.nn.Module:
+    """The module inside a DeepSpeed engine (its ``module``), or the module itself."""
+    return getattr(module, "module", module)
+
+
+def _all_ranks_sum(value: int, world: int) -> int:
+    """``value`` summed over every rank (a collective when there are several)."""
+    if world == 1:
+        return value
+    total = torch.tensor([value], dtype=torch.long, device=_collective_device())
+    torch.distributed.all_reduce(total)
+    return int(total.item())
+
+
+def all_ranks_done(done: bool) -> bool:
+    """Whether every rank is done sampling (a collective): the sampler's ``all_done`` under several ranks."""
+    return _all_ranks_sum(int(not done), distributed_rank()[1]) == 0
+
+
+def _collective_device() -> torch.device:
+    # nccl reduces CUDA tensors only; gloo CPU ones.
+    backend = torch.distributed.get_backend()
+    return torch.device("cuda", torch.cuda.current_device()) if backend == "nccl" else torch.device("cpu")
+
+
 def distributed_rank() -> tuple[int, int]:
     """(rank, world size) of this process: (0, 1) unless a torch.distributed group is up (DeepSpeed)."""
     if torch.distributed.is_available() and torch.distributed.is_initialized():
@@ -365,16 +405,8 @@ def generate(reasoner: GlobalReasoner, prompts: PromptCache, item: PromptItem, *
                              max_new_tokens=max_new_tokens, eos_id=int(tokenizer.eos_token_id),
                              pad_id=int(tokenizer.pad_token_id), do_sample=do_sample,
                              temperature=reasoner.params.temperature, top_p=reasoner.params.top_p,
-                             generator=generator)
+                             generator=generator, all_done=all_ranks_done if distributed_rank()[1] > 1 else None)
     return ids.cpu()
-
-
-def frozen_copy(model: torch.nn.Module) -> torch.nn.Module:
-    """The KL reference: a frozen copy of the starting policy (no gradients, eval mode)."""
-    reference = copy.deepcopy(model)
-    for parameter in reference.parameters():
-        parameter.requires_grad_(False)
-    return reference.eval()
 
 
 SYSTEM2_FAILURE_COLUMNS = ("system2_failures", "grounder_failures", "sam2_failures")
