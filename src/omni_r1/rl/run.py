@@ -27,7 +27,8 @@ import torch
 from omni_r1.config import Params, params_from_dict, params_to_dict
 from omni_r1.fileio import atomic_write_text
 from omni_r1.models.processor import build_processor
-from omni_r1.rl.engine import build_engine, local_device
+from omni_r1.rl.engine import build_engine, load_deepspeed_config, local_device, offloads_optimizer
+from omni_r1.rl.memory import GB, estimate_memory, fits, recipe_of
 from omni_r1.rl.alarms import CollapseAlarm
 from omni_r1.rl.heldout import evaluate_policy
 from omni_r1.rl.prompts_data import PromptItem, load_prompt_items, training_items
@@ -83,6 +84,7 @@ def train_seed(params: Params, seed: int, paths: RunPaths, segmenter: Segmenter,
         say(f"seed {seed}: warm start done, loss {result.final_loss:.3f} in {result.seconds:.0f} s")
     timings["warm_start_seconds"] = time.perf_counter() - start
 
+    warn_if_too_big(params, reasoner, segmenter, say)
     engine = build_engine(reasoner.model, train, total_steps=max(train.steps, 1), device=reasoner.device)
     trainer = GRPOTrainer(reasoner=reasoner, engine=engine, segmenter=segmenter, items=items, params=params,
                           checkpoint_dir=checkpoint_dir, seed=seed)
@@ -162,6 +164,25 @@ def run_training(params: Params, paths: RunPaths, *, say: Say = print, on_step: 
         result.pop("reasoner", None)
         results.append(result)
     return summary(results)
+
+
+def warn_if_too_big(params: Params, reasoner: GlobalReasoner, segmenter: Segmenter, say: Say) -> None:
+    """Before a DeepSpeed run on GPUs: say so when the estimated memory per GPU (``omni_r1.rl.memory``) exceeds
+    this GPU's, with the settings that would make it fit."""
+    train = params.train
+    if reasoner.device.type != "cuda" or not train.deepspeed.enabled:
+        return
+    config = load_deepspeed_config(train.deepspeed.config)
+    zero = config.get("zero_optimization", {})
+    recipe = recipe_of(reasoner.model, segmenter, group_size=train.group_size, completion_tokens=train.max_new_tokens)
+    world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else int(
+        os.environ.get("WORLD_SIZE", "1"))
+    estimate = estimate_memory(recipe, stage=max(2, int(zero.get("stage", 2))), gpus=world,
+                               offload=offloads_optimizer(config),
+                               gradient_checkpointing=train.deepspeed.gradient_checkpointing)
+    warning = fits(estimate, torch.cuda.get_device_properties(reasoner.device).total_memory / GB)
+    if warning is not None:
+        say(f"warning: {warning}")
 
 
 def on_local_device(params: Params) -> Params:
