@@ -16,7 +16,7 @@ from omni_r1.data.pipeline import shard_in_process
 from omni_r1.data.shards import SamplingPlan, read_samples
 from omni_r1.eval.metrics import j_and_f
 from omni_r1.rl import heldout
-from omni_r1.rl.alarms import CollapseAlarm, step_diversity
+from omni_r1.rl.alarms import CollapseAlarm, heldout_alarms, step_diversity
 from omni_r1.rl.prompts_data import PromptItem, item_in_memory
 from omni_r1.rl.run import build_reasoner, summary
 from omni_r1.systems.collaboration import Rollout
@@ -129,3 +129,12 @@ def test_the_alarm_warns_once_per_crossing_and_recovers() -> None:
     alarm.update(4, good)
     alarm.update(5, good)
     assert alarm.active == []
+
+
+def test_heldout_alarms_see_collapsed_greedy_answers() -> None:
+    params = AlarmParams()
+    assert heldout_alarms({"distinct_keyframe_sets": 1 / 16, "system2_empty_rate": 0.0}, params) == [
+        "held-out: same keyframes for every prompt"]
+    assert heldout_alarms({"distinct_keyframe_sets": 0.5, "system2_empty_rate": 0.9}, params) == [
+        "held-out: System 2 finds nothing"]
+    assert heldout_alarms({"distinct_keyframe_sets": 0.5, "system2_empty_rate": 0.1}, params) == []

@@ -6,7 +6,8 @@ step's groups, the signs of that: distinct completions per group, distinct keyfr
 descriptions across the step's rollouts, the share of grounded rollouts where System 2 found nothing,
 and the share of groups whose rewards are all equal (no learning signal). The trainer logs them in
 ``train.tsv``; ``CollapseAlarm`` keeps the last ``train.alarms.window`` steps and says, once per crossing,
-when a rolling mean crosses its threshold in ``params.yaml``.
+when a rolling mean crosses its threshold in ``params.yaml``. Sampled rollouts can stay diverse while the
+greedy answers collapse, so ``heldout_alarms`` applies the same thresholds to the held-out evaluation.
 """
 
 from __future__ import annotations
@@ -80,3 +81,14 @@ class CollapseAlarm:
     def active(self) -> list[str]:
         """The alarms raised and not recovered, for the run's summary."""
         return sorted(self.raised)
+
+
+def heldout_alarms(diversity: dict[str, float], params: AlarmParams) -> list[str]:
+    """Alarms on the held-out greedy answers (``omni_r1.rl.heldout`` diversity): one keyframe set for most prompts,
+    or System 2 finding nothing too often."""
+    raised = []
+    if diversity.get("distinct_keyframe_sets", 1.0) < params.min_distinct_keyframe_sets:
+        raised.append("held-out: same keyframes for every prompt")
+    if diversity.get("system2_empty_rate", 0.0) > params.max_system2_empty:
+        raised.append("held-out: System 2 finds nothing")
+    return raised

@@ -29,7 +29,7 @@ from omni_r1.fileio import atomic_write_text
 from omni_r1.models.processor import build_processor
 from omni_r1.rl.engine import build_engine, load_deepspeed_config, local_device, offloads_optimizer
 from omni_r1.rl.memory import GB, estimate_memory, fits, recipe_of
-from omni_r1.rl.alarms import CollapseAlarm
+from omni_r1.rl.alarms import CollapseAlarm, heldout_alarms
 from omni_r1.rl.heldout import evaluate_policy
 from omni_r1.rl.prompts_data import PromptItem, load_prompt_items, training_items
 from omni_r1.rl.trainer import GRPOTrainer, check_train_params, log_columns
@@ -101,7 +101,10 @@ def train_seed(params: Params, seed: int, paths: RunPaths, segmenter: Segmenter,
     timings["grpo_seconds"] = time.perf_counter() - start
     after = evaluate_policy(reasoner, segmenter, heldout, params.rewards, max_new_tokens=train.max_new_tokens,
                             cache=cache)
-    return {"seed": seed, "before": before, "after": after, "reasoner": reasoner, **timings, "alarms": alarm.active,
+    alarms = [*alarm.active, *heldout_alarms(after["diversity"], train.alarms)]
+    for name in alarms:
+        say(f"seed {seed}: WARNING alarm '{name}' is raised at the end of the run (see train.tsv and the report)")
+    return {"seed": seed, "before": before, "after": after, "reasoner": reasoner, **timings, "alarms": alarms,
             "train_prompts": len(items), "heldout_prompts": len(heldout)}
 
 
