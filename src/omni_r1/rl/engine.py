@@ -19,6 +19,7 @@ values owned by ``params.yaml`` is an error rather than a silent second source o
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import math
@@ -80,6 +81,10 @@ class PolicyEngine(Protocol):
 
     def full_state_dict(self) -> dict[str, Tensor]:
         """Every weight, whole and on the CPU, whatever the sharding (a collective call under ZeRO-3)."""
+        ...
+
+    def gathered(self) -> contextlib.AbstractContextManager[Any]:
+        """A context inside which the policy's weights are whole on every rank (a collective under ZeRO-3)."""
         ...
 
 
@@ -167,13 +172,32 @@ class ReferenceModel(nn.Module):
         self.lm_head = lm_head
 
 
+class TrainablePart(nn.Module):
+    """What DeepSpeed wraps of a thinker whose towers are frozen: its language model and head, the very same
+    modules (not copies), so the thinker trains in place.
+
+    The frozen towers stay whole on every rank, outside ZeRO: which of them runs depends on the sample
+    (audio or not), and under ZeRO-3 every forward of a wrapped module gathers its weights from all ranks,
+    so a tower run on one rank only would leave the others waiting. The language model's calls are the
+    same on every rank (one prompt forward per group, a synchronised decode, the same updates).
+    """
+
+    def __init__(self, thinker: nn.Module) -> None:
+        super().__init__()
+        self.model = _TextModel(thinker.model.language_model)
+        self.lm_head = thinker.lm_head
+
+
+def _is_thinker(model: nn.Module) -> bool:
+    return hasattr(model, "model") and hasattr(model.model, "language_model") and hasattr(model, "lm_head")
+
+
 def build_reference(model: nn.Module) -> nn.Module:
     """A frozen copy of the starting policy for the KL term: language model and head only when the towers are
     frozen (``ReferenceModel``), the whole thinker otherwise. Call it before DeepSpeed partitions ``model``."""
     from omni_r1.rl.policy import towers_frozen
 
-    hf_thinker = hasattr(model, "model") and hasattr(model.model, "language_model") and hasattr(model, "lm_head")
-    reference = ReferenceModel(model) if hf_thinker and towers_frozen(model) else copy.deepcopy(model)
+    reference = ReferenceModel(model) if _is_thinker(model) and towers_frozen(model) else copy.deepcopy(model)
     reference.requires_grad_(False)
     return reference.eval()
 
@@ -246,6 +270,10 @@ class TorchEngine:
     def full_state_dict(self) -> dict[str, Tensor]:
         """The model's weights, detached, on the CPU."""
         return {name: tensor.detach().cpu() for name, tensor in self.model.state_dict().items()}
+
+    def gathered(self) -> contextlib.AbstractContextManager[Any]:
+        """The weights are whole already: a no-op."""
+        return contextlib.nullcontext()
 
 
 # ------------------------------------------------------------------------------------------- deepspeed
@@ -372,10 +400,11 @@ class DeepSpeedEngine:
         self.reference = None if reference is None else self._wrap_reference(reference, config, device)
         if gradient_checkpointing:
             enable_gradient_checkpointing(model)
-        groups = param_groups(model, weight_decay)
+        wrapped = self._trainable_part(model, config, device)
+        groups = param_groups(wrapped, weight_decay)
         optimizer = self._optimizer(groups, lr, offloads_optimizer(config))
         engine, optimizer, _, scheduler = self._deepspeed.initialize(
-            model=model,
+            model=wrapped,
             model_parameters=groups,
             optimizer=optimizer,
             # Built by DeepSpeed on the optimizer it actually steps, so the schedule drives the real lr.
@@ -388,6 +417,28 @@ class DeepSpeedEngine:
         self.scheduler: LRScheduler = scheduler
         self.device = torch.device(engine.device)
         self._stage = int(engine.zero_optimization_stage())
+
+    @staticmethod
+    def _trainable_part(model: nn.Module, config: Mapping[str, Any], device: torch.device) -> nn.Module:
+        """``TrainablePart`` of a thinker with frozen towers (the towers moved to this rank's device and the
+        training precision by hand, as DeepSpeed does for what it wraps); any other model whole."""
+        from omni_r1.rl.policy import towers_frozen
+
+        if not (_is_thinker(model) and towers_frozen(model)):
+            return model
+        dtype = torch.bfloat16 if config.get("bf16", {}).get("enabled") else None
+        for name in ("visual", "audio_tower"):
+            tower = getattr(model.model, name, None)
+            if tower is not None:
+                tower.to(device=device, dtype=dtype)
+        return TrainablePart(model)
+
+    def gathered(self) -> contextlib.AbstractContextManager[Any]:
+        """Inside: every weight of the wrapped model whole on every rank (ZeRO-3 gathers them; all ranks must
+        enter), e.g. to export the policy. A no-op below ZeRO-3."""
+        if self._stage < 3:
+            return contextlib.nullcontext()
+        return self._deepspeed.zero.GatheredParameters(list(self._engine.module.parameters()), modifier_rank=None)
 
     def _wrap_reference(self, reference: nn.Module, config: Mapping[str, Any], device: torch.device) -> nn.Module:
         """ZeRO-3: the reference as its own frozen ZeRO-3 inference engine (partitioned like the policy, no

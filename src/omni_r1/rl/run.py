@@ -9,6 +9,7 @@ can name.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import multiprocessing
 import os
@@ -27,12 +28,12 @@ import torch
 from omni_r1.config import Params, params_from_dict, params_to_dict
 from omni_r1.fileio import atomic_write_text
 from omni_r1.models.processor import build_processor
-from omni_r1.rl.engine import build_engine, load_deepspeed_config, local_device, offloads_optimizer
+from omni_r1.rl.engine import PolicyEngine, build_engine, load_deepspeed_config, local_device, offloads_optimizer
 from omni_r1.rl.memory import GB, estimate_memory, fits, recipe_of
 from omni_r1.rl.alarms import CollapseAlarm, heldout_alarms
 from omni_r1.rl.heldout import evaluate_policy
 from omni_r1.rl.prompts_data import PromptItem, load_prompt_items, training_items
-from omni_r1.rl.trainer import GRPOTrainer, check_train_params, log_columns
+from omni_r1.rl.trainer import GRPOTrainer, check_train_params, distributed_rank, log_columns
 from omni_r1.rl.warm_start import warm_start
 from omni_r1.systems.collaboration import SegmentCache
 from omni_r1.systems.detail import Segmenter, build_segmenter
@@ -104,7 +105,7 @@ def train_seed(params: Params, seed: int, paths: RunPaths, segmenter: Segmenter,
     alarms = [*alarm.active, *heldout_alarms(after["diversity"], train.alarms)]
     for name in alarms:
         say(f"seed {seed}: WARNING alarm '{name}' is raised at the end of the run (see train.tsv and the report)")
-    return {"seed": seed, "before": before, "after": after, "reasoner": reasoner, **timings, "alarms": alarms,
+    return {"seed": seed, "before": before, "after": after, "reasoner": reasoner, "engine": engine, **timings, "alarms": alarms,
             "train_prompts": len(items), "heldout_prompts": len(heldout)}
 
 
@@ -163,8 +164,9 @@ def run_training(params: Params, paths: RunPaths, *, say: Say = print, on_step: 
 
         result = train_seed(params, seed, paths, segmenter, on_step=log_step, say=say)
         if seed == seeds[0]:
-            export_policy(result.pop("reasoner"), paths.out / "final")
+            export_policy(result.pop("reasoner"), paths.out / "final", engine=result["engine"])
         result.pop("reasoner", None)
+        result.pop("engine", None)
         results.append(result)
     return summary(results)
 
@@ -237,17 +239,25 @@ def _seed_process(raw: dict[str, Any], seed: int, paths: RunPaths, position: int
     result = train_seed(params, seed, paths, build_segmenter(params.detail), on_step=log_step,
                         say=lambda text: bar.write(text))
     bar.close()
-    reasoner = result.pop("reasoner")
+    reasoner, engine = result.pop("reasoner"), result.pop("engine")
     if export:
-        export_policy(reasoner, paths.out / "final")
+        export_policy(reasoner, paths.out / "final", engine=engine)
     return result
 
 
-def export_policy(reasoner: GlobalReasoner, folder: Path) -> None:
+def export_policy(reasoner: GlobalReasoner, folder: Path, *, engine: PolicyEngine | None = None) -> None:
     """The trained thinker and its processor as a plain transformers checkpoint folder, published whole.
 
-    Written into a sibling temp folder and renamed over ``folder``, so a reader never sees half of it.
+    Under DeepSpeed every rank enters ``engine.gathered()`` (ZeRO-3 gathers the full 16-bit weights) and
+    rank 0 alone writes. Written into a sibling temp folder and renamed over ``folder``, so a reader never
+    sees half of it.
     """
+    with engine.gathered() if engine is not None else contextlib.nullcontext():
+        if distributed_rank()[0] == 0:
+            _write_export(reasoner, folder)
+
+
+def _write_export(reasoner: GlobalReasoner, folder: Path) -> None:
     folder.parent.mkdir(parents=True, exist_ok=True)
     temp = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
     try:

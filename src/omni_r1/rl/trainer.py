@@ -36,9 +36,9 @@ from omni_r1.rl.alarms import COLUMNS as DIVERSITY_COLUMNS
 from omni_r1.rl.alarms import step_diversity
 from omni_r1.rl.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from omni_r1.rl.draws import draw_item, video_groups
-from omni_r1.rl.engine import PolicyEngine, ReferenceModel, build_reference
+from omni_r1.rl.engine import PolicyEngine, build_reference
 from omni_r1.rl.grpo import completion_mask, group_advantages, informative_groups, policy_loss
-from omni_r1.rl.policy import PromptCache, encoded_logprobs, sample_completions, towers_frozen
+from omni_r1.rl.policy import PromptCache, encoded_logprobs, towers_frozen
 from omni_r1.rl.prompts_data import PromptItem
 from omni_r1.rl.rewards import (
     NO_BOX, NO_VALID_BOX, SYSTEM2_ERROR, RewardBreakdown, RewardError, reward_columns, score_rollouts,
@@ -291,7 +291,7 @@ class GRPOTrainer:
             total: torch.Tensor | None = None
             for i in order:
                 group = groups[i]
-                logp = self.prompts.logprobs(model, group.item.key, group.item.inputs, group.completion_ids)
+                logp = self._logp(model, group)
                 old_logp = sampling[i] if sampling else logp.detach()
                 ref_logp = self._reference_logp(group)
                 loss, values = policy_loss(
@@ -321,18 +321,22 @@ class GRPOTrainer:
         if self.train.updates_per_batch == 1:
             return {}
         with torch.no_grad():
-            return {i: self.prompts.logprobs(self.engine.model, groups[i].item.key, groups[i].item.inputs,
-                                             groups[i].completion_ids) for i in kept}
+            return {i: self._logp(self.engine.model, groups[i]) for i in kept}
+
+    def _logp(self, model: torch.nn.Module, group: Group) -> torch.Tensor:
+        """(G, C) log-probs of the group's completions under ``model`` (the engine's, or the reference). With
+        frozen towers the prompt's encoding comes from the whole thinker (``reasoner.model``): under DeepSpeed
+        the engine wraps only its language model and head (``engine.TrainablePart``)."""
+        if towers_frozen(self.reasoner.model):
+            encoding = self.prompts.encoding(self.reasoner.model, group.item.key, group.item.inputs)
+            return encoded_logprobs(model, encoding, group.completion_ids, eos_id=self.eos_id, pad_id=self.pad_id)
+        return self.prompts.logprobs(model, group.item.key, group.item.inputs, group.completion_ids)
 
     def _reference_logp(self, group: Group) -> torch.Tensor | None:
         if self.reference is None:
             return None
         with torch.no_grad():
-            if isinstance(_unwrap(self.reference), ReferenceModel):  # language model only: the policy's encoding
-                encoding = self.prompts.encoding(self.engine.model, group.item.key, group.item.inputs)
-                return encoded_logprobs(self.reference, encoding, group.completion_ids, eos_id=self.eos_id,
-                                        pad_id=self.pad_id)
-            return self.prompts.logprobs(self.reference, group.item.key, group.item.inputs, group.completion_ids)
+            return self._logp(self.reference, group)
 
     # ------------------------------------------------------------------------------------------ logging
 
@@ -359,11 +363,6 @@ class GRPOTrainer:
             values[f"seconds_{phase}"] = timer.seconds.get(phase, 0.0)
         values["seconds_step"] = sum(timer.seconds.values())
         return values
-
-
-def _unwrap(module: torch.nn.Module) -> torch.nn.Module:
-    """The module inside a DeepSpeed engine (its ``module``), or the module itself."""
-    return getattr(module, "module", module)
 
 
 def _all_ranks_sum(value: int, world: int) -> int:
@@ -395,18 +394,12 @@ def distributed_rank() -> tuple[int, int]:
 
 def generate(reasoner: GlobalReasoner, prompts: PromptCache, item: PromptItem, *, num: int, do_sample: bool,
              seed: int, max_new_tokens: int) -> torch.Tensor:
-    """``num`` completions (num, C) on the CPU; from the cached prompt encoding when the towers are frozen."""
-    model, tokenizer = reasoner.model, reasoner.processor.tokenizer
-    if not towers_frozen(model):
-        return reasoner.generate_ids(item.inputs, num_return_sequences=num, do_sample=do_sample, seed=seed,
-                                     max_new_tokens=max_new_tokens).detach().cpu()
-    generator = torch.Generator(device=reasoner.device).manual_seed(seed)
-    ids = sample_completions(model, prompts.encoding(model, item.key, item.inputs), num=num,
-                             max_new_tokens=max_new_tokens, eos_id=int(tokenizer.eos_token_id),
-                             pad_id=int(tokenizer.pad_token_id), do_sample=do_sample,
-                             temperature=reasoner.params.temperature, top_p=reasoner.params.top_p,
-                             generator=generator, all_done=all_ranks_done if distributed_rank()[1] > 1 else None)
-    return ids.cpu()
+    """``num`` completions (num, C) on the CPU by System 1's engine (``GlobalReasoner.sample_ids``), from the
+    prompt's cached encoding when the towers are frozen; in step with the other ranks when there are several."""
+    encoding = prompts.encoding(reasoner.model, item.key, item.inputs) if towers_frozen(reasoner.model) else None
+    return reasoner.sample_ids(item.inputs, num_return_sequences=num, do_sample=do_sample, seed=seed,
+                               max_new_tokens=max_new_tokens, encoding=encoding,
+                               all_done=all_ranks_done if distributed_rank()[1] > 1 else None)
 
 
 SYSTEM2_FAILURE_COLUMNS = ("system2_failures", "grounder_failures", "sam2_failures")

@@ -21,6 +21,7 @@ random state is left as it was.
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -31,6 +32,7 @@ import torch
 from omni_r1.config import GlobalReasoningParams
 from omni_r1.systems.answer import AnswerParseError, Task, try_parse
 from omni_r1.systems.prompts import refavs_prompt, revos_prompt
+from omni_r1.systems.system1 import PromptEncoding, encode_prompt, sample_completions, towers_frozen
 from omni_r1.types import KeyframeSelection
 
 if TYPE_CHECKING:
@@ -332,6 +334,36 @@ class GlobalReasoner:
             new_tokens = new_tokens.expand(num_return_sequences, -1)
         return new_tokens
 
+    def sample_ids(
+        self,
+        inputs: dict[str, torch.Tensor],
+        *,
+        num_return_sequences: int = 1,
+        do_sample: bool = True,
+        seed: int | None = None,
+        max_new_tokens: int | None = None,
+        encoding: PromptEncoding | None = None,
+        all_done: Callable[[bool], bool] | None = None,
+    ) -> torch.Tensor:
+        """System 1's completions (num_return_sequences, C) on the CPU, through the engine of
+        ``omni_r1.systems.system1``: the one sampler of training, held-out evaluation and predict.
+
+        ``encoding`` is the prompt's cached ``PromptEncoding`` (encoded here when not given); the sampling
+        follows ``params.temperature`` / ``params.top_p`` under a generator seeded with ``seed`` (default
+        ``params.seed``). With trainable towers nothing can be cached: transformers' ``generate``.
+        """
+        if not towers_frozen(self.model):
+            return self.generate_ids(inputs, num_return_sequences=num_return_sequences, do_sample=do_sample,
+                                     seed=seed, max_new_tokens=max_new_tokens).detach().cpu()
+        tokenizer = self.processor.tokenizer
+        generator = torch.Generator(device=self.device).manual_seed(self.params.seed if seed is None else seed)
+        ids = sample_completions(self.model, encoding or encode_prompt(self.model, inputs), num=num_return_sequences,
+                                 max_new_tokens=max_new_tokens or self.params.max_new_tokens,
+                                 eos_id=int(tokenizer.eos_token_id), pad_id=int(tokenizer.pad_token_id),
+                                 do_sample=do_sample, temperature=self.params.temperature, top_p=self.params.top_p,
+                                 generator=generator, all_done=all_done)
+        return ids.cpu()
+
     def decode(self, token_ids: torch.Tensor) -> list[str]:
         """Completions as text; special tokens dropped, the reasoning tags (plain tokens) kept."""
         return self.processor.tokenizer.batch_decode(
@@ -347,9 +379,9 @@ class GlobalReasoner:
         seed: int | None = None,
         max_new_tokens: int | None = None,
     ) -> list[str]:
-        """``num_return_sequences`` decoded completions for ``inputs`` (see ``generate_ids``)."""
+        """``num_return_sequences`` decoded completions for ``inputs``, sampled by the engine (``sample_ids``)."""
         return self.decode(
-            self.generate_ids(
+            self.sample_ids(
                 inputs,
                 num_return_sequences=num_return_sequences,
                 do_sample=do_sample,
