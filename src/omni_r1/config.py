@@ -152,6 +152,11 @@ class GlobalReasoningParams:
     device: str = "cpu"
     dtype: Literal["float32", "bfloat16"] = "float32"
     seed: int = 0
+    # Rollouts: plain (one prompt at a time, transformers' growing cache) or static (the P prompts of a step and
+    # their G completions as one batch on a preallocated KV cache, omni_r1.rl.static_sampler; greedy ids equal).
+    sampler: Literal["plain", "static"] = "plain"
+    # static sampler's decode step: auto (CUDA graph on CUDA, eager on CPU and under ZeRO-3), off, cuda_graph, compile
+    decode_graph: Literal["auto", "off", "cuda_graph", "compile"] = "auto"
 
     def __post_init__(self) -> None:
         _require(self.max_new_tokens >= 1, "global_reasoning.max_new_tokens", "must be at least 1")

@@ -8,6 +8,7 @@ prompts of different lengths are decoded as one batch.
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -102,3 +103,47 @@ def test_graph_modes_resolve_per_device(tiny) -> None:
 def test_greedy_equals_the_plain_path_on_the_gpu(graph: str) -> None:
     model = random_thinker("tiny", device="cuda", dtype=torch.float32, seed=3)
     _greedy_equal(model, eos=1, lengths=(7, 12, 9), num=8, tokens=40, graph=graph)
+
+
+# ----------------------------------------------------------------------------------------------- behind System 1
+
+from tests.unit.test_trainer import _one_thread, _trainer, items, params  # noqa: E402,F401  (shared fixtures)
+
+
+def _static(params):
+    import dataclasses
+
+    return dataclasses.replace(params, global_reasoning=dataclasses.replace(params.global_reasoning, sampler="static"))
+
+
+def test_held_out_and_predict_answers_are_the_same_by_either_sampler(params, items) -> None:
+    from omni_r1.rl.policy import PromptCache
+    from omni_r1.rl.run import build_reasoner
+    from omni_r1.rl.trainer import generate
+
+    plain = build_reasoner(params, 0)
+    static = build_reasoner(_static(params), 0)  # the same seed: the same weights
+    tok = plain.processor.tokenizer
+    prompts = PromptCache(eos_id=int(tok.eos_token_id), pad_id=int(tok.pad_token_id))
+    for item in items:  # generate -> GlobalReasoner.sample_ids, the held-out evaluation's and predict's sampler
+        want = generate(plain, prompts, item, num=1, do_sample=False, seed=0, max_new_tokens=20)
+        assert torch.equal(generate(static, prompts, item, num=1, do_sample=False, seed=0, max_new_tokens=20), want)
+
+
+def test_a_training_step_samples_every_group_in_one_static_batch(params, items, tmp_path, monkeypatch) -> None:
+    import omni_r1.rl.static_sampler as static_sampler
+
+    calls: list[int] = []
+    original = static_sampler.sample_static
+
+    def counted(model, encodings, **kwargs):
+        calls.append(len(encodings))
+        return original(model, encodings, **kwargs)
+
+    monkeypatch.setattr(static_sampler, "sample_static", counted)
+    trainer = _trainer(_static(params), items, tmp_path)
+    values = trainer.train_step()
+    size = params.train.group_size
+    assert calls == [params.train.prompts_per_step]  # P prompts, one batched decode
+    assert np.isfinite(values["reward"]) and values["seconds_rollout"] > 0
+    assert 0 < values["response_length"] <= params.train.max_new_tokens and size == 4

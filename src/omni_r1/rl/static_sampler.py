@@ -278,3 +278,18 @@ def sample_static(model: Any, encodings: Sequence[PromptEncoding], *, num: int, 
         logits = step_fn(chosen, positions + step, slot)
     ids = torch.stack(tokens, dim=1)
     return [_trim(group, eos_id=eos_id) for group in ids.chunk(len(encodings))]
+
+
+def sample_for_reasoner(reasoner: Any, encodings: Sequence[PromptEncoding], *, num: int, do_sample: bool,
+                        seeds: Sequence[int], max_new_tokens: int,
+                        all_done: Callable[[bool], bool] | None = None) -> list[Tensor]:
+    """``sample_static`` with System 1's settings (``global_reasoning.temperature/top_p/decode_graph``) and one
+    generator per prompt seeded from ``seeds``: a list of (num, C_p) ids on the CPU."""
+    tokenizer = reasoner.processor.tokenizer
+    params = reasoner.params
+    generators = [torch.Generator(device=reasoner.device).manual_seed(int(seed)) for seed in seeds]
+    ids = sample_static(reasoner.model, encodings, num=num, max_new_tokens=max_new_tokens,
+                        eos_id=int(tokenizer.eos_token_id), pad_id=int(tokenizer.pad_token_id), do_sample=do_sample,
+                        temperature=params.temperature, top_p=params.top_p, generators=generators,
+                        graph=params.decode_graph, all_done=all_done)
+    return [group.cpu() for group in ids]

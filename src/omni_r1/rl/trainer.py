@@ -43,6 +43,7 @@ from omni_r1.rl.prompts_data import PromptItem
 from omni_r1.rl.rewards import (
     NO_BOX, NO_VALID_BOX, SYSTEM2_ERROR, RewardBreakdown, RewardError, reward_columns, score_rollouts,
 )  # fmt: skip
+from omni_r1.rl.static_sampler import sample_for_reasoner
 from omni_r1.systems.collaboration import Rollout, SegmentCache, rollouts_from_completions
 from omni_r1.systems.detail import Segmenter
 from omni_r1.systems.global_reasoning import GlobalReasoner
@@ -204,7 +205,8 @@ class GRPOTrainer:
         taken = self.data.take(self.train.prompts_per_step * self.world)
         batch = [self._draw(group, step, index) for index, group in enumerate(taken[self.rank :: self.world])]
         with timer.phase("rollout"):
-            groups = [self._rollout(item, step, index) for index, item in enumerate(batch)]
+            groups = (self._rollouts_static(batch, step) if self.reasoner.params.sampler == "static"
+                      else [self._rollout(item, step, index) for index, item in enumerate(batch)])
         with timer.phase("system2"):
             groups = [self._collaborate(group) for group in groups]
         with timer.phase("reward"):
@@ -240,6 +242,30 @@ class GRPOTrainer:
             ) from error
         mask = completion_mask(ids, eos_id=self.eos_id, pad_id=self.pad_id)
         return Group(item=item, completion_ids=ids, mask=mask, rollouts=())
+
+    def _rollouts_static(self, batch: list[PromptItem], step: int) -> list[Group]:
+        """``global_reasoning.sampler: static``: the step's prompts and their G completions decoded as one batch
+        on a static KV cache (``omni_r1.rl.static_sampler``), each prompt under the seed ``_rollout`` gives it."""
+        model = self.reasoner.model
+        if not towers_frozen(model):
+            raise ValueError("global_reasoning.sampler=static decodes from cached prompt encodings, which needs frozen "
+                             "towers; set global_reasoning.freeze_vision/freeze_audio to true or the sampler to plain")
+        seeds = [int(np.random.default_rng([self.seed, step, self.rank, index]).integers(0, 2**31 - 1))
+                 for index in range(len(batch))]
+        encodings = [self.prompts.encoding(model, item.key, item.inputs) for item in batch]
+        try:
+            ids = sample_for_reasoner(self.reasoner, encodings, num=self.train.group_size, do_sample=True,
+                                      seeds=seeds, max_new_tokens=self.train.max_new_tokens,
+                                      all_done=all_ranks_done if self.world > 1 else None)
+        except FloatingPointError as error:
+            raise TrainingDiverged(
+                f"step {step}: sampling on samples {', '.join(repr(item.key) for item in batch)} failed ({error}); "
+                f"the last good checkpoint in {self.checkpoint_dir} is intact. Train this seed again with a lower "
+                "train.lr (a resumed run keeps the saved optimizer's rate)"
+            ) from error
+        return [Group(item=item, completion_ids=group, mask=completion_mask(group, eos_id=self.eos_id,
+                                                                            pad_id=self.pad_id), rollouts=())
+                for item, group in zip(batch, ids, strict=True)]
 
     def _collaborate(self, group: Group) -> Group:
         item = group.item

@@ -350,11 +350,20 @@ class GlobalReasoner:
 
         ``encoding`` is the prompt's cached ``PromptEncoding`` (encoded here when not given); the sampling
         follows ``params.temperature`` / ``params.top_p`` under a generator seeded with ``seed`` (default
-        ``params.seed``). With trainable towers nothing can be cached: transformers' ``generate``.
+        ``params.seed``), by the sampler ``params.sampler`` names (``static``: ``omni_r1.rl.static_sampler``).
+        With trainable towers nothing can be cached: transformers' ``generate``.
         """
         if not towers_frozen(self.model):
             return self.generate_ids(inputs, num_return_sequences=num_return_sequences, do_sample=do_sample,
                                      seed=seed, max_new_tokens=max_new_tokens).detach().cpu()
+        if self.params.sampler == "static":  # one batch on a static KV cache (greedy ids equal the plain path's)
+            from omni_r1.rl.static_sampler import sample_for_reasoner
+
+            [ids] = sample_for_reasoner(self, [encoding or encode_prompt(self.model, inputs)],
+                                        num=num_return_sequences, do_sample=do_sample,
+                                        seeds=[self.params.seed if seed is None else seed],
+                                        max_new_tokens=max_new_tokens or self.params.max_new_tokens, all_done=all_done)
+            return ids
         tokenizer = self.processor.tokenizer
         generator = torch.Generator(device=self.device).manual_seed(self.params.seed if seed is None else seed)
         ids = sample_completions(self.model, encoding or encode_prompt(self.model, inputs), num=num_return_sequences,
