@@ -158,12 +158,11 @@ def test_sam2_checkpoint_is_loaded_strictly(tmp_path: Path) -> None:
 
 
 class PredictorSpy:
-    """Wraps the real SAM2 predictor, counting init_state calls, image encoder passes and frames yielded."""
+    """Wraps the real SAM2 predictor, counting image encoder passes and frames yielded."""
 
     def __init__(self, predictor) -> None:
         self.predictor = predictor
         self.device = predictor.device
-        self.init_states = 0
         self.encoder_passes = 0
         self.frames: list[tuple[int, bool]] = []
         original = type(predictor).forward_image.__get__(predictor)  # not an earlier spy's counter
@@ -173,10 +172,10 @@ class PredictorSpy:
             return original(img_batch)
 
         predictor.forward_image = counted
+        self.image_size = predictor.image_size
 
-    def init_state(self, folder):
-        self.init_states += 1
-        return self.predictor.init_state(folder)
+    def forward_image(self, img_batch):
+        return self.predictor.forward_image(img_batch)
 
     def add_new_points_or_box(self, *args, **kwargs):
         return self.predictor.add_new_points_or_box(*args, **kwargs)
@@ -212,7 +211,7 @@ def test_sam2_propagates_box_prompts_to_every_frame(tiny_sam2, square_samples) -
     assert result.object_masks.shape[0] == 1
     # detail.reverse_pass: forward from the keyframe over frames 1..2, then reverse from it to frame 0
     assert spy.frames == [(1, False), (2, False), (1, True), (0, True)]
-    assert spy.init_states == 1
+    assert spy.encoder_passes == 3  # each frame's features once, shared by the forward and the reverse pass
     # the official default: one forward pass; the frame before the keyframe stays empty
     forward = PredictorSpy(tiny_sam2)
     official = Sam2Segmenter(forward, OracleBoxGrounderForTests(sample), max_objects=3)
@@ -246,7 +245,6 @@ def test_sam2_group_shares_one_pass(tiny_sam2, square_samples) -> None:
         _check_result(result, sample.high_res)
     assert [r.object_masks.shape[0] for r in results] == [1, 2, 1, 0]
     assert not results[3].masks.any()
-    assert spy.init_states == 1
     assert grounder.calls == 2  # (frame 0, text) and (frame 2, text), each grounded once for the group
     # the group of four answers costs the image encoder no more than its widest answer alone
     assert spy.encoder_passes == alone.encoder_passes

@@ -24,16 +24,18 @@ that is K, the number of target objects, as the official code sends only the fir
 SAM2; at inference (no truth) it is ``detail.max_objects``. All entries are kept in the result for
 the rewards' object-count penalty. ``segment_batch`` serves one GRPO group (one video,
 several answers): the grounder runs once per distinct (keyframe, description), and the per-video
-work (SAM2's ``init_state`` and image features: one pass over the frames for the whole group; the
-light backend's resized frames) is done once. Inference takes frames and text only; nothing here
-reads ground truth.
+work is done once (the light backend's resized frames; SAM2's frames, given to it as a tensor with no
+JPEG round trip, and its image features: each frame's backbone pass runs once for the whole group,
+``Sam2FrameFeatures``). Each SAM2 answer then propagates in its own inference state on those shared
+features, so an answer's masks are exactly those it gets segmented alone (tested), whatever else is
+in its group. Inference takes frames and text only; nothing here reads ground truth.
 """
 
 from __future__ import annotations
 
 import contextlib
-import tempfile
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol, Sequence
@@ -56,7 +58,8 @@ __all__ = [
 
 PHASES = ("ground", "segment", "propagate")
 SAM2_RANDOM = "random"  # detail.sam2_checkpoint: random SAM2 weights, said out loud (tests only)
-JPEG_QUALITY = 95  # the SAM2 video predictor reads a folder of JPEG frames
+SAM2_MEAN = (0.485, 0.456, 0.406)  # sam2.utils.misc.load_video_frames' normalisation
+SAM2_STD = (0.229, 0.224, 0.225)
 
 
 class DetailSetupError(ValueError):
@@ -396,30 +399,37 @@ class Sam2Segmenter:
     ) -> list[SegmentResult]:
         _check_inputs(frames, prompt_sets)
         grounded_sets = _ground_sets(self.grounder, frames, prompt_sets, _limit(boxes_per_keyframe, self.max_objects))
-        # Every (answer, keyframe, box) gets its own object id in one shared pass over the video. Ids
-        # go in keyframe order: SAM2 caches the features of one frame only, so prompts on the same
-        # frame are added one after another.
-        flat = sorted(((frame, set_index, box) for set_index, grounded in enumerate(grounded_sets)
-                       for frame, box in _objects(grounded.boxes)), key=lambda item: item[0])
-        owners = [set_index for _, set_index, _ in flat]
-        masks, timings = self._propagate(frames, [(frame, box) for frame, _, box in flat])
+        # One frame tensor and one backbone pass per frame for the whole group; one propagation per distinct
+        # answer (identical answers share it), each in its own state, so results never depend on the group.
+        passes: dict[tuple[tuple[int, Box], ...], tuple[np.ndarray, dict[str, float]]] = {}
+        features: Sam2FrameFeatures | None = None
         results = []
-        for set_index, grounded in enumerate(grounded_sets):
-            mine = [i for i, owner in enumerate(owners) if owner == set_index]
-            results.append(_result(masks[mine], grounded, {**timings, "ground": grounded.seconds}))
+        for grounded in grounded_sets:
+            objects = tuple(_objects(grounded.boxes))
+            if objects and objects not in passes:
+                if features is None:
+                    started = time.perf_counter()
+                    features = Sam2FrameFeatures(self.predictor, sam2_images(frames, self.predictor.image_size,
+                                                                             self.device), frames.shape[1:3])
+                    setup_s = time.perf_counter() - started
+                    passes[objects] = self._propagate(features, list(objects))
+                    passes[objects][1]["segment"] += setup_s
+                else:
+                    passes[objects] = self._propagate(features, list(objects))
+            masks, timings = passes[objects] if objects else (np.zeros((0, *frames.shape[:3]), dtype=bool), {})
+            results.append(_result(masks, grounded, {**timings, "ground": grounded.seconds}))
         return results
 
-    def _propagate(self, frames: np.ndarray, objects: list[tuple[int, Box]]) -> tuple[np.ndarray, dict[str, float]]:
-        """(K, T, H, W) masks of the objects: forward from each keyframe (and reverse before it with
-        ``reverse_pass``)."""
-        masks = np.zeros((len(objects), *frames.shape[:3]), dtype=bool)
-        if not objects:
-            return masks, {"segment": 0.0, "propagate": 0.0}
+    def _propagate(self, features: Sam2FrameFeatures, objects: list[tuple[int, Box]]
+                   ) -> tuple[np.ndarray, dict[str, float]]:
+        """(K, T, H, W) masks of one answer's objects: forward from each keyframe (and reverse before it with
+        ``reverse_pass``), in a fresh inference state over the group's shared frames and features."""
+        num_frames = features.images.shape[0]
+        masks = np.zeros((len(objects), num_frames, *features.video_size), dtype=bool)
         first = np.array([frame for frame, _ in objects])
-        with tempfile.TemporaryDirectory(prefix="omni-r1-sam2-") as folder, self._precision():
+        with self._precision():
             started = time.perf_counter()
-            _write_jpegs(frames, Path(folder))
-            state = self.predictor.init_state(folder)
+            state = features.state()
             for obj_id, (frame, box) in enumerate(objects):
                 self.predictor.add_new_points_or_box(state, frame_idx=frame, obj_id=obj_id,
                                                      box=np.array([box.x1, box.y1, box.x2, box.y2], dtype=np.float32))
@@ -450,10 +460,58 @@ class Sam2Segmenter:
         return contextlib.nullcontext()
 
 
-def _write_jpegs(frames: np.ndarray, folder: Path) -> None:
-    """Frames as ``<index>.jpg``, the folder layout ``SAM2VideoPredictor.init_state`` reads."""
-    for index, frame in enumerate(frames):
-        Image.fromarray(frame, mode="RGB").save(folder / f"{index:05d}.jpg", quality=JPEG_QUALITY)
+def sam2_images(frames: np.ndarray, image_size: int, device: torch.device) -> torch.Tensor:
+    """Frames (T, H, W, 3) uint8 -> (T, 3, S, S) float32 on ``device``, normalised: what SAM2's JPEG loader
+    (``sam2.utils.misc.load_video_frames``) makes of the same pixels (PIL's default resize, /255, mean/std),
+    without writing and decoding JPEGs (lossy, and slow at 1024 px)."""
+    resized = np.stack([np.asarray(Image.fromarray(frame, mode="RGB").resize((image_size, image_size)))
+                        for frame in frames])
+    images = torch.from_numpy(resized / 255.0).permute(0, 3, 1, 2).float().to(device)
+    mean = torch.tensor(SAM2_MEAN, dtype=torch.float32, device=device)[:, None, None]
+    std = torch.tensor(SAM2_STD, dtype=torch.float32, device=device)[:, None, None]
+    return (images - mean) / std
+
+
+class _SharedFeatureCache(dict):
+    """SAM2's per-state ``cached_features`` replaced by a group-wide one: ``get`` computes a frame's backbone
+    output on first use (``SAM2VideoPredictor._get_image_feature``'s own computation) and keeps every frame."""
+
+    def __init__(self, predictor: SAM2VideoPredictor, images: torch.Tensor) -> None:
+        super().__init__()
+        self.predictor, self.images = predictor, images
+        self.passes = 0
+
+    def get(self, frame_idx: int, default: Any = None) -> Any:
+        if frame_idx not in self:
+            image = self.images[frame_idx].to(self.predictor.device).float().unsqueeze(0)
+            with torch.inference_mode():
+                self[frame_idx] = (image, self.predictor.forward_image(image))
+            self.passes += 1
+        return self[frame_idx]
+
+
+class Sam2FrameFeatures:
+    """One video's frames as a tensor and its image features, shared by the inference states of a group.
+
+    ``state()`` is a fresh ``SAM2VideoPredictor`` inference state, the dict ``init_state`` builds (sam2 1.1.0;
+    a test checks the keys against it), over these frames and this feature cache. Memory: every frame's
+    backbone output is kept for the group (hiera-large at 1024: about 0.2 GB a frame in float32)."""
+
+    def __init__(self, predictor: SAM2VideoPredictor, images: torch.Tensor, video_size: tuple[int, int]) -> None:
+        self.predictor, self.images = predictor, images
+        self.video_size = (int(video_size[0]), int(video_size[1]))
+        self.cache = _SharedFeatureCache(predictor, images)
+
+    def state(self) -> dict[str, Any]:
+        device = self.predictor.device
+        return {
+            "images": self.images, "num_frames": int(self.images.shape[0]), "offload_video_to_cpu": False,
+            "offload_state_to_cpu": False, "video_height": self.video_size[0], "video_width": self.video_size[1],
+            "device": device, "storage_device": device, "point_inputs_per_obj": {}, "mask_inputs_per_obj": {},
+            "cached_features": self.cache, "constants": {}, "obj_id_to_idx": OrderedDict(),
+            "obj_idx_to_id": OrderedDict(), "obj_ids": [], "output_dict_per_obj": {}, "temp_output_dict_per_obj": {},
+            "frames_tracked_per_obj": {},
+        }
 
 
 # ----------------------------------------------------------------------------------------------- grounding VLM
