@@ -50,6 +50,7 @@ bench: venv
 	$(BIN)/python bench/grpo_step.py
 	$(BIN)/python bench/scaleout.py
 	$(BIN)/python bench/orchestration.py
+	$(BIN)/python bench/gpu_step.py --tiny --out reports/bench/gpu_step_tiny.json  # smoke; one GPU: bench/gpu_step.py
 
 # Schedules need a real Prefect server (the ephemeral API cannot schedule). Blocks until Ctrl-C;
 # serve the nightly deployment from a second shell with the URL printed here.

@@ -154,3 +154,42 @@ def test_orchestration_bench_prints_the_dvc_ratio_last(tmp_path: Path, monkeypat
     assert (int(match["videos"]), int(match["frames"])) == (2, 10)  # --tiny: 2 clips of 1 s at 10 fps
     assert not any(line.startswith("warning:") for line in lines), lines  # both paths wrote the same shards
     assert list(tmp_path.iterdir()) == [], "the benchmark's scratch folder must be removed"
+
+
+# ----------------------------------------------------------------------------------------------- bench/gpu_step.py
+
+
+@pytest.mark.slow
+def test_gpu_step_runs_tiny_on_the_cpu_and_writes_every_part(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    spec = importlib.util.spec_from_file_location("gpu_step", REPO / "bench" / "gpu_step.py")
+    assert spec is not None and spec.loader is not None
+    bench = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, bench)
+    monkeypatch.setenv("TQDM_DISABLE", "1")
+    spec.loader.exec_module(bench)
+    out = tmp_path / "gpu_step.json"
+    assert bench.main(["--tiny", "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert set(report) >= {"versions", "peak", "rollout", "update", "system2", "step"}
+    rollout, update, system2 = report["rollout"], report["update"], report["system2"]
+    assert rollout["tokens"] == 2 * 4 * 32 and rollout["tokens_per_s"] > 0 and rollout["ratio_to_hf_generate"] > 0
+    assert 0 < rollout["ratio_to_bandwidth_bound"] and update["mfu"] > 0 and update["engine"] == "TorchEngine"
+    assert system2["ratio_group_to_per_rollout"] > 0 and set(report["step"]["seconds"]) == {
+        "rollout", "system2", "reward", "update"}
+    assert capsys.readouterr().out.strip().splitlines()[-1].startswith("ratios: rollout ")
+
+
+def test_gpu_step_refuses_to_run_without_a_gpu_unless_tiny(monkeypatch: pytest.MonkeyPatch) -> None:
+    spec = importlib.util.spec_from_file_location("gpu_step", REPO / "bench" / "gpu_step.py")
+    assert spec is not None and spec.loader is not None
+    bench = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, bench)
+    spec.loader.exec_module(bench)
+    monkeypatch.setattr(bench.torch.cuda, "is_available", lambda: False)
+    with pytest.raises(SystemExit, match="--tiny"):
+        bench.pick_device(tiny=False)
+    with pytest.raises(SystemExit, match=r"'no_such_package'.*--skip update"):
+        bench.require("no_such_package", "update")

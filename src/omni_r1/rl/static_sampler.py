@@ -8,7 +8,8 @@ prompt ``p`` fills slots ``[0, L_p)`` of its rows, generated token ``s`` of ever
 ``L_max + s``, so one scalar write index serves the whole batch and a row's attention mask is
 ``slot < L_p or L_max <= slot <= L_max + s``. Positions continue each prompt's multimodal rope:
 ``L_p + rope_delta_p + s``, the same for the three rope sections (text after the prompt), so the
-rope is the plain 1-D one.
+rope is the plain 1-D one. Grouped-query attention reads the cache as it is (the queries of a key/value
+head's group are that head's query rows), never a repeated copy of it.
 
 One decode step (``StaticDecoder.step``) is pure tensor work over the model's own modules (norms,
 projections, MLP, head; attention by ``scaled_dot_product_attention`` on the static cache): static
@@ -163,9 +164,11 @@ class StaticDecoder:
             k = k * cos + _rotate_half(k) * sin
             keys.index_copy_(2, index, k)
             values.index_copy_(2, index, v)
-            out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, scale=attention.scaling,
-                                                 enable_gqa=q.shape[1] != keys.shape[1])
-            hidden = hidden + attention.o_proj(out.transpose(1, 2).reshape(rows, 1, -1))
+            # Grouped-query attention without copying the cache: the one query per head of each key/value head's
+            # group becomes that group's query rows (HF's repeat_kv maps head h to key/value head h // group).
+            grouped = q.reshape(rows, keys.shape[1], -1, attention.head_dim)
+            out = F.scaled_dot_product_attention(grouped, keys, values, attn_mask=mask, scale=attention.scaling)
+            hidden = hidden + attention.o_proj(out.reshape(rows, 1, -1))
             hidden = hidden + layer.mlp(layer.post_attention_layernorm(hidden))
         return self.head(self.norm(hidden)[:, 0]).float()
 
