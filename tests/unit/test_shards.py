@@ -123,3 +123,12 @@ def test_published_files_are_readable(tmp_path: Path) -> None:
     _write(tmp_path, [_record("v0", "train")])
     for path in (tmp_path / "train-000000.tar", tmp_path / "manifest.json"):
         assert path.stat().st_mode & 0o777 == 0o644, path
+
+
+def test_every_rank_reads_whole_shards_under_a_launcher(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Under DeepSpeed's launcher WORLD_SIZE > 1; the trainer slices batches by rank, so each rank reads every
+    # shard (webdataset otherwise refuses without an explicit node splitter).
+    _write(tmp_path, [_record(f"v{i}", "train") for i in range(2)])
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    assert [s.key for s in read_samples(tmp_path, "train")] == ["v0/0", "v0/1", "v1/0", "v1/1"]

@@ -380,12 +380,19 @@ def iter_shard(shard_dir: Path, name: str) -> Iterator[dict[str, Any]]:
     yield from _entry_records(shard_dir, entries[0])
 
 
+def _every_node(urls):
+    """webdataset's node splitter that keeps every url on every rank."""
+    return urls
+
+
 def _entry_records(shard_dir: Path, entry: dict[str, Any]) -> Iterator[dict[str, Any]]:
     import webdataset as wds
 
     url = str(safe_join(shard_dir, entry["name"]))
     count = 0
-    for raw in wds.WebDataset(url, shardshuffle=False, empty_check=False):
+    # Every rank reads whole shards itself (the trainer slices batches by rank), so no node splitting: without
+    # this, webdataset refuses to read under WORLD_SIZE > 1 ("you need to add an explicit nodesplitter").
+    for raw in wds.WebDataset(url, shardshuffle=False, empty_check=False, nodesplitter=_every_node):
         count += 1
         record = _decode_record(raw)
         _check_record(record, entry, url, count)
