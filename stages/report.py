@@ -16,8 +16,8 @@ from typing import Any, Sequence
 
 from omni_r1.config import Params
 from omni_r1.eval.report import plot_jf, plot_training, write_overlays
-from omni_r1.eval.tables import (ablation_table, has_refavs, load_paper_numbers, refavs_table, revos_table,
-                                 heldout_ablation_tables, run_table, training_table)
+from omni_r1.eval.tables import (ablation_table, collaboration_verdict, has_refavs, heldout_ablation_tables,
+                                 load_paper_numbers, refavs_table, revos_table, run_table, training_table)
 from omni_r1.fileio import atomic_write_text
 from stages.common import parse, parser
 
@@ -56,6 +56,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "Referring and reasoning J&F are the headline. Null expressions are reported apart: an empty "
         "prediction is right there, so their J&F says nothing about grounding.",
         ablation_table(summary),
+        collaboration_verdict(summary),
         "## This run in detail (x100, bootstrap 95% intervals)", run_table(summary),
         *_training_section(args, params, figures),
         "## Figures", f"![J&F per type](figures/{(figures / 'jf_per_type.png').name})",

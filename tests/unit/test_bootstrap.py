@@ -37,3 +37,16 @@ def test_groups_are_resampled_apart_for_a_mean_of_means() -> None:
 def test_bad_arguments_are_refused(groups: list[list[float]], kwargs: dict[str, float]) -> None:
     with pytest.raises(ValueError, match="bootstrap_interval"):
         bootstrap_interval(groups, **kwargs)
+
+
+def test_the_report_says_plainly_whether_the_pipeline_beats_both_baselines() -> None:
+    from omni_r1.eval.tables import collaboration_verdict
+
+    def policy(low: float, high: float) -> dict:
+        return {t: {"JF": (low + high) / 2, "JF_ci": [low, high]} for t in ("referring", "reasoning")}
+
+    beats = {"global_reasoning": policy(60, 70), "uniform_keyframes": policy(20, 40), "predict_nothing": policy(30, 50)}
+    assert collaboration_verdict(beats).count("lies above") == 2
+    overlaps = {**beats, "predict_nothing": policy(30, 65)}
+    assert collaboration_verdict(overlaps).count("does **not** lie above") == 2
+    assert collaboration_verdict({"global_reasoning": policy(1, 2)}) == ""

@@ -69,6 +69,25 @@ def ablation_table(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def collaboration_verdict(summary: dict[str, Any]) -> str:
+    """One plain sentence per headline type: do the full pipeline's J&F intervals lie above both baselines'
+    (System 2 alone and predicting nothing)? Empty when the run lacks those policies."""
+    needed = ("global_reasoning", "uniform_keyframes", "predict_nothing")
+    if not all(p in summary for p in needed):
+        return ""
+    sentences = []
+    for exp_type in ("referring", "reasoning"):
+        full = summary["global_reasoning"].get(exp_type, {}).get("JF_ci")
+        bounds = [summary[p].get(exp_type, {}).get("JF_ci") for p in needed[1:]]
+        if not full or not all(bounds):
+            continue
+        above = all(full[0] > b[1] for b in bounds)
+        verdict = "lies above" if above else "does **not** lie above"
+        sentences.append(f"{exp_type.capitalize()}: the full pipeline's J&F interval {verdict} both baselines' "
+                         "(System 2 alone, predicting nothing).")
+    return " ".join(sentences)
+
+
 def refavs_table(paper: list[dict[str, Any]], summary: dict[str, Any], run_label: str) -> str:
     """RefAVS with the Ref-AVS metrics: J = mIoU, F = F-score (beta^2 = 0.3), J&F on Seen and Unseen; S on Null.
 
