@@ -353,6 +353,7 @@ class TrainParams:
     # One draw per prompt, as the official loaders (omni_r1.rl.draws): one random expression of a video, at most
     # max_objects of its objects, randint(min_frames, max_frames) of its stored frames when it has more than
     # min_frames (the demo's clips store 12, so they keep all), and RefAVS on frame 0 plus the audio.
+    system2_cache_entries: int = 256  # System 2 results kept per run (LRU); each holds a clip's masks
     one_expression_per_video: bool = True
     min_frames: int = 16
     max_frames: int = 24
@@ -382,6 +383,7 @@ class TrainParams:
         _require(self.updates_per_batch >= 1, "train.updates_per_batch", "must be at least 1")
         _require(self.save_every >= 1 and self.keep_last >= 1, "train.save_every/keep_last", "must be at least 1")
         _require(len(self.seeds) >= 1, "train.seeds", "must name at least one seed")
+        _require(self.system2_cache_entries >= 1, "train.system2_cache_entries", "must be at least 1")
         _require(1 <= self.min_frames <= self.max_frames, "train.min_frames/max_frames", "need 1 <= min <= max")
         _require(1 <= self.max_objects <= 3, "train.max_objects", "must be within [1, 3] (Omni-R1 grounds up to 3)")
         _require(self.cpu_threads >= 1 and self.seed_workers >= 1, "train.cpu_threads/seed_workers",

@@ -38,7 +38,7 @@ from omni_r1.rl.run import build_reasoner
 from omni_r1.rl.trainer import DataOrder, GRPOTrainer, TrainingDiverged, log_columns, trainable_parameters
 from omni_r1.rl.warm_start import format_target, random_moments
 from omni_r1.systems.answer import try_parse
-from omni_r1.systems.collaboration import Rollout, rollouts_from_completions
+from omni_r1.systems.collaboration import Rollout, SegmentCache, rollouts_from_completions
 from omni_r1.systems.detail import KeyframePrompt, SegmentResult
 from omni_r1.types import Box, KeyframeSelection, Sample
 
@@ -287,7 +287,7 @@ def test_rollouts_reuse_system2_results_across_a_run(items) -> None:
     segmenter = FixedBoxSegmenter()
     item = items[0]
     text = format_target(item.sample.expression, [(0.5, 0.5)])
-    cache: dict = {}
+    cache = SegmentCache()
     for _ in range(2):
         rollouts, _ = rollouts_from_completions(item.sample, [text, text, "no answer"], segmenter, task="revos",
                                                 duration=item.duration, fps=item.fps, max_keyframes=4, cache=cache)
@@ -298,6 +298,21 @@ def test_rollouts_reuse_system2_results_across_a_run(items) -> None:
                              task="revos", num_frames=len(item.sample.frame_indices), fps=item.fps,
                              duration=item.duration, completion_lengths=[30, 30, 3])
     assert rewards[0].total == rewards[1].total and rewards[2].failure is not None
+
+
+def test_the_system2_cache_is_bounded_and_never_loses_a_result_mid_group(items) -> None:
+    segmenter = FixedBoxSegmenter()
+    item = items[0]
+    texts = [format_target(item.sample.expression, [(t, t)]) for t in (0.0, 0.5, 1.0)]
+    cache = SegmentCache(max_entries=1)  # smaller than the group's 3 distinct answers
+    rollouts, _ = rollouts_from_completions(item.sample, texts, segmenter, task="revos", duration=item.duration,
+                                            fps=item.fps, max_keyframes=4, cache=cache)
+    assert all(r.segment is not None for r in rollouts) and len(cache) == 1
+    rollouts_from_completions(item.sample, texts[-1:], segmenter, task="revos", duration=item.duration,
+                              fps=item.fps, max_keyframes=4, cache=cache)
+    assert segmenter.calls == 3  # the most recent answer was looked up, not segmented again
+    with pytest.raises(ValueError, match="max_entries"):
+        SegmentCache(0)
 
 
 def test_several_updates_per_batch_clip_against_the_sampling_policy(params, items, tmp_path) -> None:

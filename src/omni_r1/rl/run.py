@@ -72,7 +72,7 @@ def train_seed(params: Params, seed: int, paths: RunPaths, segmenter: Segmenter,
                            include_null=train.include_null)
     heldout = load_prompt_items(paths.shards, paths.features, train.eval_split, reasoner, seed=10_000)
     check_train_params(train, items)
-    cache: SegmentCache = {}
+    cache = SegmentCache(train.system2_cache_entries)
     checkpoint_dir = paths.out / "checkpoints" / f"seed-{seed}"
     timings: dict[str, float] = {}
 

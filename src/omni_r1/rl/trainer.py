@@ -154,7 +154,7 @@ class GRPOTrainer:
         self.groups = video_groups(self.items) if self.train.one_expression_per_video else [[i] for i in
                                                                                             range(len(self.items))]
         self.data = DataOrder(len(self.groups), seed)
-        self.segment_cache: SegmentCache = {}
+        self.segment_cache = SegmentCache(self.train.system2_cache_entries)
         self.prompts = PromptCache(eos_id=self.eos_id, pad_id=self.pad_id)
         self.step = 0
         self.extra: dict[str, Any] = {}  # plain-JSON notes saved with every checkpoint (e.g. the starting numbers)

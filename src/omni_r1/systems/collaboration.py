@@ -11,6 +11,7 @@ instead (``omni_r1.eval.predict``).
 from __future__ import annotations
 
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -118,7 +119,30 @@ def parse_completion(
     return parsed, prompts
 
 
-SegmentCache = dict[tuple[str, tuple[KeyframePrompt, ...]], SegmentResult]
+class SegmentCache(OrderedDict[tuple[str, tuple[KeyframePrompt, ...]], SegmentResult]):
+    """System 2's results by (sample key, keyframe prompts), the ``max_entries`` most recently used.
+
+    Bounded because each entry holds a clip's masks at System 2's size (about 17 MB for 24 frames at the
+    paper's 900x28x28 pixels), and a run meets new (sample, prompts) pairs at every step: each draw of
+    frames and objects is its own sample key.
+    """
+
+    def __init__(self, max_entries: int = 256) -> None:
+        super().__init__()
+        if max_entries < 1:
+            raise ValueError(f"a System 2 cache needs max_entries >= 1, got {max_entries}")
+        self.max_entries = max_entries
+
+    def __getitem__(self, key: tuple[str, tuple[KeyframePrompt, ...]]) -> SegmentResult:
+        value = super().__getitem__(key)
+        self.move_to_end(key)
+        return value
+
+    def __setitem__(self, key: tuple[str, tuple[KeyframePrompt, ...]], value: SegmentResult) -> None:
+        super().__setitem__(key, value)
+        self.move_to_end(key)
+        while len(self) > self.max_entries:
+            self.popitem(last=False)
 
 
 def rollouts_from_completions(
@@ -151,18 +175,20 @@ def rollouts_from_completions(
     timings["parse"] = time.perf_counter() - start
 
     start = time.perf_counter()
-    cache = {} if cache is None else cache
-    missing = sorted({prompts for prompts in prompt_sets if prompts and (sample.key, prompts) not in cache},
-                     key=prompt_sets.index)
+    cache = SegmentCache() if cache is None else cache
+    # This group's results are held here, so that a bounded cache evicting them cannot lose one mid-group.
+    results = {prompts: cache[(sample.key, prompts)] for prompts in set(prompt_sets)
+               if prompts and (sample.key, prompts) in cache}
+    missing = sorted({prompts for prompts in prompt_sets if prompts and prompts not in results}, key=prompt_sets.index)
     if missing:
         for prompts, result in zip(missing, segmenter.segment_batch(sample.high_res, missing, boxes_per_keyframe)):
-            cache[(sample.key, prompts)] = result
+            cache[(sample.key, prompts)] = results[prompts] = result
     timings["system2"] = time.perf_counter() - start
 
     empty = np.zeros(sample.high_res.shape[:3], dtype=bool)
     rollouts = []
     for text, p, prompts in zip(completions, parsed, prompt_sets):
-        segment = cache[(sample.key, prompts)] if prompts else None
+        segment = results[prompts] if prompts else None
         rollouts.append(Rollout(
             completion=text,
             selection=p if isinstance(p, KeyframeSelection) else None,
