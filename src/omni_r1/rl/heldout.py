@@ -34,6 +34,7 @@ from omni_r1.systems.collaboration import (
     SegmentCache,
     masks_to_native,
     rollouts_from_completions,
+    segment_cached,
     uniform_keyframes,
 )
 from omni_r1.systems.detail import KeyframePrompt, Segmenter
@@ -89,21 +90,11 @@ def policy_scores(sample: Sample, rollout: Rollout, segmenter: Segmenter, max_ke
     masks = {"predict_nothing": np.zeros(sample.high_res.shape[:3], dtype=bool), "global_reasoning": rollout.masks}
     for name, prompt_set in (("uniform_keyframes", uniform_keyframes(sample, max_keyframes)),
                              ("keyframes_original_query", query)):
-        masks[name] = _segment(sample, prompt_set, segmenter, cache) if prompt_set else masks["predict_nothing"]
+        masks[name] = (segment_cached(sample, [prompt_set], segmenter, cache)[prompt_set].masks if prompt_set
+                       else masks["predict_nothing"])
     return {name: {k: round(100 * v, 2) for k, v in
                    j_and_f(masks_to_native(masks[name], truth.shape[1], truth.shape[2]), truth).items()}
             for name in POLICIES}
-
-
-def _segment(sample: Sample, prompt_set: tuple[KeyframePrompt, ...], segmenter: Segmenter,
-             cache: SegmentCache | None) -> np.ndarray:
-    key = (sample.key, prompt_set)
-    if cache is not None and key in cache:
-        return cache[key].masks
-    [result] = segmenter.segment_batch(sample.high_res, [prompt_set])
-    if cache is not None:
-        cache[key] = result
-    return result.masks
 
 
 def summarise(rows: list[dict[str, Any]], *, resamples: int = 1000, seed: int = 0) -> dict[str, Any]:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, Sequence
 
 import numpy as np
 from PIL import Image
@@ -175,14 +175,7 @@ def rollouts_from_completions(
     timings["parse"] = time.perf_counter() - start
 
     start = time.perf_counter()
-    cache = SegmentCache() if cache is None else cache
-    # This group's results are held here, so that a bounded cache evicting them cannot lose one mid-group.
-    results = {prompts: cache[(sample.key, prompts)] for prompts in set(prompt_sets)
-               if prompts and (sample.key, prompts) in cache}
-    missing = sorted({prompts for prompts in prompt_sets if prompts and prompts not in results}, key=prompt_sets.index)
-    if missing:
-        for prompts, result in zip(missing, segmenter.segment_batch(sample.high_res, missing, boxes_per_keyframe)):
-            cache[(sample.key, prompts)] = results[prompts] = result
+    results = segment_cached(sample, prompt_sets, segmenter, cache, boxes_per_keyframe)
     timings["system2"] = time.perf_counter() - start
 
     empty = np.zeros(sample.high_res.shape[:3], dtype=bool)
@@ -198,6 +191,26 @@ def rollouts_from_completions(
             masks=segment.masks if segment is not None else empty,
         ))
     return tuple(rollouts), timings
+
+
+def segment_cached(
+    sample: Sample,
+    prompt_sets: Sequence[tuple[KeyframePrompt, ...]],
+    segmenter: Segmenter,
+    cache: SegmentCache | None = None,
+    boxes_per_keyframe: int | None = None,
+) -> dict[tuple[KeyframePrompt, ...], SegmentResult]:
+    """System 2's result for every non-empty prompt set of ``sample``: looked up in ``cache``, the rest segmented
+    in one batched call (per-video work shared) and stored. The results are returned here, not read back from
+    the cache, so that a bounded cache evicting them cannot lose one mid-group."""
+    cache = SegmentCache() if cache is None else cache
+    results = {prompts: cache[(sample.key, prompts)] for prompts in set(prompt_sets)
+               if prompts and (sample.key, prompts) in cache}
+    missing = sorted({p for p in prompt_sets if p and p not in results}, key=list(prompt_sets).index)
+    if missing:
+        for prompts, result in zip(missing, segmenter.segment_batch(sample.high_res, missing, boxes_per_keyframe)):
+            cache[(sample.key, prompts)] = results[prompts] = result
+    return results
 
 
 def uniform_keyframes(sample: Sample, count: int = 4) -> tuple[KeyframePrompt, ...]:
