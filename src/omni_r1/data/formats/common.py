@@ -44,6 +44,15 @@ class RowProblem(ValueError):
         self.check = check
 
 
+def utf8_line(raw: bytes, where: str, file_name: str) -> str:
+    """One annotation line as text, or ``RowProblem("utf8")`` naming the byte, its column and how to re-save."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise RowProblem("utf8", f"{where}: byte 0x{raw[err.start]:02x} at column {err.start + 1} is not UTF-8; "
+                                 f"save {file_name} as UTF-8 (e.g. `iconv -f latin1 -t utf-8`)") from err
+
+
 def shown(value: Any) -> str:
     """A bad value as a message may quote it: its repr, cut to ``MAX_SHOWN_CHARS``, always encodable."""
     text = repr(value) if not isinstance(value, str) or len(value) <= MAX_SHOWN_CHARS else repr(value[:MAX_SHOWN_CHARS])

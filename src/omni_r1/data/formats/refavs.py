@@ -30,6 +30,7 @@ from omni_r1.data.formats.common import (
     normalise_split,
     read_lines,
     shown,
+    utf8_line,
 )
 from omni_r1.data.paths import PathEscapeError, safe_join
 from omni_r1.types import ManifestRow
@@ -67,11 +68,7 @@ def read_refavs_layout(root: Path, fps: float) -> list[ManifestRow]:
 
 
 def _fields(raw: bytes, where: str) -> list[str]:
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as err:
-        raise RowProblem("utf8", f"{where}: byte 0x{raw[err.start]:02x} at column {err.start + 1} is not UTF-8; "
-                                 f"save {METADATA} as UTF-8 (e.g. `iconv -f latin1 -t utf-8`)") from err
+    text = utf8_line(raw, where, METADATA)
     try:
         return next(csv.reader([text], strict=True))
     except (csv.Error, StopIteration) as err:

@@ -33,6 +33,7 @@ from omni_r1.data.formats.common import (
     pairs_hook,
     read_lines,
     shown,
+    utf8_line,
 )
 from omni_r1.data.masks import RleError, check_rle
 from omni_r1.data.paths import PathEscapeError, safe_join
@@ -64,11 +65,7 @@ def read_video_layout(root: Path) -> list[ManifestRow]:
 
 def _parse_line(raw: bytes, where: str) -> dict[str, Any]:
     """The line as a JSON object, or ``RowProblem`` saying why not (encoding, syntax, nesting, keys)."""
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as err:
-        raise RowProblem("utf8", f"{where}: byte 0x{raw[err.start]:02x} at column {err.start + 1} is not UTF-8; "
-                                 f"save {ANNOTATIONS} as UTF-8 (e.g. `iconv -f latin1 -t utf-8`)") from err
+    text = utf8_line(raw, where, ANNOTATIONS)
     try:
         record = json.loads(text, object_pairs_hook=pairs_hook, parse_constant=_no_constant)
     except json.JSONDecodeError as err:
