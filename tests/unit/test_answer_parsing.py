@@ -8,6 +8,8 @@ hostile answers (huge numbers, deep nesting, very long text) that must fail clea
 from __future__ import annotations
 
 import json
+import random
+import re
 import time
 
 import pytest
@@ -25,7 +27,6 @@ from omni_r1.systems.answer import (
     matches_format,
     object_spans,
     parse_box_entries,
-    parse_boxes,
     parse_rewrite,
     parse_seconds,
     parse_selection,
@@ -139,6 +140,14 @@ def test_objects_end_at_the_first_closing_brace() -> None:
     assert object_spans('a {"k": "}"} b {"x": {"y": 1}} {') == ['{"k": "}', '{"x": {"y": 1}']
 
 
+def test_object_spans_equal_the_official_regex() -> None:
+    rng = random.Random(0)
+    texts = ["", "{", "}", "{}", "{{}}", "a{b}c{d", "}{", *("".join(rng.choice("{}ab\n\"") for _ in range(40))
+                                                           for _ in range(500))]
+    for text in texts:
+        assert object_spans(text) == re.findall(r"({[\s\S]*?})", text), text
+
+
 def test_the_answer_is_the_first_answer_block_stripped() -> None:
     assert extract_answer("<think>x</think><answer>\n a \n</answer><answer>b</answer>") == "a"
     assert extract_answer("<think>x</think>") is None
@@ -232,7 +241,7 @@ def test_every_object_is_an_entry_and_invalid_ones_are_none() -> None:
     found = entries(answer.replace("1e999", "Infinity"))
     assert [e is not None for e in found] == [True, False, False, False, False, False, False, True]
     assert found[-1].label == "3"
-    assert parse_boxes(answer, resized_size=RESIZED, original_size=ORIGINAL)[0].x2 == 18
+    assert found[0].x2 == 18  # 9 resized pixels, scaled 2x
 
 
 def test_boxes_are_clipped_to_the_image_and_no_object_means_no_entry() -> None:

@@ -50,7 +50,6 @@ Task = Literal["revos", "refavs"]
 FORMAT_PATTERN = re.compile(r"<think>.*?</think>\s*<answer>.*?</answer>", re.DOTALL)
 # The official extract_answer, object and time patterns (reward.py, load_datasets/revos.py at 1de42f8).
 _ANSWER = re.compile(r"<answer>\s*(.*?)\s*</answer>", re.DOTALL)
-_OBJECT = re.compile(r"({[\s\S]*?})")
 _TIME = re.compile(r"(\d+):(\d+)\.(\d+)")
 _EXCERPT_CHARS = 80
 
@@ -151,7 +150,7 @@ def extract_answer(completion: str) -> str | None:
 
 def object_spans(text: str) -> list[str]:
     """Every ``{...}`` of ``text`` up to its first closing brace: the official ``({[\\s\\S]*?})`` objects (J)."""
-    # The same matches as ``_OBJECT.findall(text)`` in linear time: the regex retries every "{" up to the
+    # The same matches as ``re.findall(r"({[\s\S]*?})", text)`` in linear time: the regex retries every "{" up to the
     # end of an answer with no closing brace, which is quadratic (100 000 braces: minutes).
     spans, position = [], 0
     while (start := text.find("{", position)) >= 0 and (end := text.find("}", start + 1)) >= 0:
@@ -337,14 +336,6 @@ def parse_box_entries(
     if min(rw, rh, ow, oh) <= 0:
         raise ValueError(f"image sizes {resized_size} and {original_size} must be positive (width, height)")
     return tuple(_entry_box(_decode(span), rw, rh, ow / rw, oh / rh) for span in object_spans(answer))
-
-
-def parse_boxes(
-    answer: str, *, resized_size: tuple[int, int], original_size: tuple[int, int]
-) -> tuple[Box, ...]:
-    """The valid boxes of ``parse_box_entries``, in answer order (for inference, where no entry is counted)."""
-    entries = parse_box_entries(answer, resized_size=resized_size, original_size=original_size)
-    return tuple(box for box in entries if box is not None)
 
 
 def _entry_box(entry: Any, rw: float, rh: float, sx: float, sy: float) -> Box | None:
