@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Sequence
 
 from omni_r1.config import Params
-from omni_r1.data.pipeline import ResumableShardRun, decode_to_work, read_manifest, rows_from_frame, sampling_plan
+from omni_r1.data.pipeline import ResumableShardRun, decode_to_work, read_manifest_rows, sampling_plan
 from omni_r1.data.shards import group_by_video
 from omni_r1.fanout import fan_out
 from omni_r1.fileio import atomic_write_json, check_output_location
@@ -47,7 +47,7 @@ def _run(args: argparse.Namespace, params: Params) -> int:
     root = args.root
     check_output_location(args.out, [root, args.manifest], what="--out")
     check_output_location(args.metrics, [root, args.out], what="--metrics")
-    groups = group_by_video(rows_from_frame(read_manifest(args.manifest, "validate")))
+    groups = group_by_video(read_manifest_rows(args.manifest, "validate"))
     plan = sampling_plan(params.data)
     start = time.perf_counter()
     run = ResumableShardRun(groups, root, plan, args.out, work, params.shard.videos_per_shard,

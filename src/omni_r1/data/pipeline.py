@@ -1,7 +1,7 @@
 """The data stages as library calls: ingest, validate, shard one video, and summarise what was skipped.
 
 Stages (``stages/*.py``) parse arguments, load params and call one function here; the fan-out of
-``shard_video`` over videos is done by the stage through a Prefect task runner.
+``shard_video`` over videos is done by the stage through ``omni_r1.fanout``.
 
 The shard stage resumes (``ResumableShardRun``): each video is decoded by a worker into its own
 entry of a work folder (``data/shards.work``), published by one rename, under a key of its
@@ -23,11 +23,9 @@ import uuid
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
-
-import pandas as pd
 
 from omni_r1.config import DataParams, FeaturesParams, IngestParams
 from omni_r1.data.formats import read_layout
@@ -37,9 +35,14 @@ from omni_r1.fileio import OutputOwnershipError, atomic_write_json, check_output
 from omni_r1.data.video import MediaError
 from omni_r1.types import ManifestRow, QuarantineEntry
 
+if TYPE_CHECKING:  # pandas is imported where a stage needs it: it costs 0.3-0.4 s of each stage process's start
+    import pandas as pd
+
 
 def ingest(fmt: str, root: Path, params: IngestParams) -> tuple[pd.DataFrame, dict[str, Any]]:
     """Parse a dataset layout into the manifest dataframe (one row per (video, expression)) and metrics."""
+    import pandas as pd
+
     rows = read_layout(fmt, root, refavs_fps=params.refavs_fps, revos_fps=params.revos_fps)
     frame = pd.DataFrame([r.to_dict() for r in rows], columns=list(ManifestRow.__dataclass_fields__))
     metrics = {
@@ -58,19 +61,29 @@ class ManifestError(ValueError):
 
 def read_manifest(path: Path, written_by: str) -> pd.DataFrame:
     """A manifest parquet with every ``ManifestRow`` column, or ``ManifestError`` saying which stage to (re)run."""
+    return _manifest_table(path, written_by).to_pandas()
+
+
+def read_manifest_rows(path: Path, written_by: str) -> list[ManifestRow]:
+    """``read_manifest`` as rows, through pyarrow alone (the shard stage's start does not pay for pandas)."""
+    return [ManifestRow.from_dict(record) for record in _manifest_table(path, written_by).to_pylist()]
+
+
+def _manifest_table(path: Path, written_by: str) -> Any:
     import pyarrow as pa
+    import pyarrow.parquet as pq
 
     if not path.is_file():
         raise ManifestError(f"{path} does not exist; run the {written_by} stage first (or pass --manifest)")
     try:
-        frame = pd.read_parquet(path)
+        table = pq.read_table(path)
     except (pa.ArrowException, OSError, ValueError) as err:
         raise ManifestError(f"{path} is not a readable parquet manifest ({err}); rerun the {written_by} stage") from err
-    missing = [c for c in ManifestRow.__dataclass_fields__ if c not in frame.columns]
+    missing = [c for c in ManifestRow.__dataclass_fields__ if c not in table.column_names]
     if missing:
         raise ManifestError(f"{path} lacks column(s) {', '.join(missing)}; rerun the {written_by} stage "
                             "(it was written by an older version)")
-    return frame
+    return table
 
 
 def rows_from_frame(frame: pd.DataFrame) -> list[ManifestRow]:

@@ -29,14 +29,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
-import av
 import numpy as np
 from PIL import Image
 
 from omni_r1.data.ffmpeg import ffmpeg_exe
 from omni_r1.types import AUDIO_RATE
+
+if TYPE_CHECKING:  # PyAV is imported by the functions that demux: stages that never open a video skip its import
+    import av
 
 # Audio placed by its timestamps from the start of the file's timeline: silence before a late start and
 # in gaps (a raw f32le output otherwise concatenates the samples, moving late audio to the start).
@@ -164,6 +166,8 @@ def probe_with_times(path: Path) -> tuple[MediaProbe, np.ndarray]:
 
 
 def _scan(path: Path) -> _Scan:
+    import av
+
     _check_file(path)
     try:
         container = av.open(str(path))
@@ -192,6 +196,8 @@ def _check_file(path: Path) -> None:
 
 
 def _video_stream(container: av.container.InputContainer, path: Path) -> av.VideoStream:
+    import av
+
     # Cover art in mp4/mkv is a one-frame video stream; it is never the video we want.
     for stream in container.streams.video:
         if not stream.disposition & av.stream.Disposition.attached_pic:
