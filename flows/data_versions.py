@@ -7,8 +7,9 @@
   ``.dvc`` file), then ``dvc checkout`` of the pinned outputs (``dvc pull`` when the cache lacks
   them), then verify.
 - ``reproduce``: verify, then ``dvc exp run --single-item -S global_reasoning.checkpoint=PATH
-  [train_detail] predict evaluate`` so that only the evaluation stages run on the pinned data and the
-  run is kept as a DVC experiment; then write ``reports/paper_<table>.md``.
+  -S paper.table=TABLE -S paper.data_version=NAME -S paper.experiment=EXP [train_detail] predict evaluate
+  paper`` so that only the evaluation stages run on the pinned data, the ``paper`` stage writes
+  ``reports/paper_<table>.md``, and the run is kept as a DVC experiment.
 
 Why ``dvc exp run`` rather than ``dvc repro``: ``repro`` has no way to set a parameter for one run,
 so it would need ``params.yaml`` edited by hand; ``exp run -S`` sets it, runs, and records the
@@ -20,7 +21,6 @@ pinned shards. The workspace keeps the experiment's ``params.yaml`` and ``dvc.lo
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import subprocess
@@ -30,10 +30,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from omni_r1.config import load_params
-from omni_r1.eval.paper import (RunInfo, Table, is_synthetic, paper_table_markdown, refavs_numbers,
-                                revos_numbers)
-from omni_r1.eval.tables import load_paper_numbers
-from omni_r1.fileio import atomic_write_text
+from omni_r1.eval.paper import Table
 from omni_r1.versioning import (UnknownDataVersion, build_record, read_record, record_path, tag_name,
                                 verify_version, write_record)
 
@@ -156,20 +153,18 @@ def _refuse_unsaved(proc: subprocess.CompletedProcess[str], name: str) -> None:
                             f"{_tail(proc)}")
 
 
-def _detail_setting(repo: Path, detail_checkpoint: str | None) -> tuple[list[str], str]:
-    """The ``-S`` override for a given System 2 checkpoint, and a description for the report."""
-    params = load_params(repo / "params.yaml")
-    backend = params.detail.backend
+def _detail_setting(repo: Path, detail_checkpoint: str | None) -> list[str]:
+    """The ``-S`` override for a given System 2 checkpoint (none: params.yaml's checkpoint is used)."""
     if detail_checkpoint is None:
-        where = params.detail.light_checkpoint if backend == "light" else params.detail.sam2_checkpoint or "(empty)"
-        return [], f"backend `{backend}`, checkpoint `{where}` (params.yaml)"
+        return []
+    backend = load_params(repo / "params.yaml").detail.backend
     key = "detail.light_checkpoint" if backend == "light" else "detail.sam2_checkpoint"
-    return [f"{key}={detail_checkpoint}"], f"backend `{backend}`, checkpoint `{detail_checkpoint}`"
+    return [f"{key}={detail_checkpoint}"]
 
 
 def reproduce(repo: Path, table: Table, data_version: str, checkpoint: str, detail_checkpoint: str | None = None,
               dvc: str = "dvc") -> Path:
-    """Verify the data version, run predict + evaluate as a DVC experiment, write ``reports/paper_<table>.md``."""
+    """Verify the data version, run predict, evaluate and paper as one DVC experiment; the report's path."""
     repo = Path(repo).resolve()
     verify_version(repo, data_version)
     record = read_record(repo, data_version)
@@ -177,31 +172,16 @@ def reproduce(repo: Path, table: Table, data_version: str, checkpoint: str, deta
     if params.data.root != record["data_root"]:
         raise ValueError(f"params.yaml: data.root is {params.data.root!r} but data version {data_version!r} pins "
                          f"{record['data_root']!r}; set data.root to {record['data_root']!r} (or pin the other data)")
-    detail_sets, detail_text = _detail_setting(repo, detail_checkpoint)
     # A given light checkpoint replaces train_detail's output; without one, train_detail runs only if stale.
-    stages = ["predict", "evaluate"] if detail_checkpoint and params.detail.backend == "light" \
-        else ["train_detail", "predict", "evaluate"]
+    stages = ["predict", "evaluate", "paper"] if detail_checkpoint and params.detail.backend == "light" \
+        else ["train_detail", "predict", "evaluate", "paper"]
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
     experiment = f"paper-{table}-{data_version}-{stamp}"
-    sets = [a for s in [f"global_reasoning.checkpoint={checkpoint}", *detail_sets] for a in ("-S", s)]
+    settings = [f"global_reasoning.checkpoint={checkpoint}", *_detail_setting(repo, detail_checkpoint),
+                f"paper.table={table}", f"paper.data_version={data_version}", f"paper.experiment={experiment}"]
+    sets = [a for s in settings for a in ("-S", s)]
     _run([dvc, "exp", "run", "--single-item", "-n", experiment, *sets, *stages], repo, dvc)
     verify_version(repo, data_version)  # the evaluation stages must not have touched the pinned data
-    params = load_params(repo / "params.yaml")
-    raw_tracked_by = record["outs"][record["data_root"]]["tracked_by"]
-    text = _report(repo, table, params.predict.policies, RunInfo(
-        data_version=data_version, data_root=record["data_root"], data_format=record["data_format"],
-        checkpoint=checkpoint, detail=detail_text, experiment=experiment,
-        synthetic=is_synthetic(record["data_root"], params.synth.out, raw_tracked_by)))
     out = repo / "reports" / f"paper_{table}.md"
-    atomic_write_text(out, text)
     log.info("wrote %s (experiment %s)", out, experiment)
     return out
-
-
-def _report(repo: Path, table: Table, policies: Sequence[str], info: RunInfo) -> str:
-    paper = load_paper_numbers(repo / "reports/paper_numbers.yaml")
-    if table == "revos":
-        run = revos_numbers(json.loads((repo / "data/eval/metrics.json").read_text()))
-    else:
-        run = refavs_numbers(json.loads((repo / "data/eval/metrics.json").read_text()))
-    return paper_table_markdown(table, paper, run, info, policies)

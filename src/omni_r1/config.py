@@ -243,6 +243,19 @@ class DetailParams:
 
 
 @dataclass(frozen=True)
+class PaperParams:
+    """The paper table this run is set beside (stage ``paper``: ``reports/paper_<table>.md``).
+
+    ``omni-r1 reproduce`` sets all three with ``dvc exp run -S``; under a plain ``dvc repro`` the report
+    says the data is the workspace's, not a pinned version.
+    """
+
+    table: Literal["refavs", "revos"] = "revos"
+    data_version: str = ""  # the pinned data version evaluated; "" = the workspace's data, not pinned
+    experiment: str = ""  # the DVC experiment the run is kept as; "" = a plain `dvc repro`
+
+
+@dataclass(frozen=True)
 class PredictParams:
     """Two-system inference over the test shards, written in the official prediction layouts."""
 
@@ -403,6 +416,7 @@ class Params:
     global_reasoning: GlobalReasoningParams = GlobalReasoningParams()
     detail: DetailParams = DetailParams()
     predict: PredictParams = PredictParams()
+    paper: PaperParams = PaperParams()
     rewards: RewardParams = RewardParams()
     train: TrainParams = TrainParams()
 

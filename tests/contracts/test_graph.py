@@ -129,10 +129,11 @@ def test_stage_imports_are_declared_as_deps() -> None:
 
 
 def test_stage_outputs_chain() -> None:
-    """Each stage after the first reads an output of an earlier one."""
+    """Each stage after the first reads an output of an earlier one (metrics and plots are outputs too)."""
     outs: set[str] = set()
     for name, stage in DVC.items():
-        stage_outs = {_render(o if isinstance(o, str) else next(iter(o))) for o in stage.get("outs", [])}
+        stage_outs = {_render(o if isinstance(o, str) else next(iter(o)))
+                      for key in ("outs", "metrics", "plots") for o in stage.get(key, [])}
         if outs:
             deps = {_render(d) for d in stage["deps"]}
             assert deps & outs, f"stage {name} reads no output of an earlier stage"

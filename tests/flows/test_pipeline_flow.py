@@ -43,7 +43,7 @@ def test_stage_order_is_a_topological_order_of_dvc_yaml() -> None:
     for name, spec in graph.items():
         assert all(order.index(up) < order.index(name) for up in spec.upstream), (name, spec.upstream)
     assert order[:5] == ["synth", "ingest", "validate", "shard", "features"]
-    assert order[-3:] == ["predict", "evaluate", "report"]
+    assert order[-4:] == ["predict", "evaluate", "report", "paper"]
 
 
 def test_graph_edges_match_dvcs_own_graph(tmp_path: Path) -> None:

@@ -27,7 +27,7 @@ SMALL = {
     "global_reasoning": {"max_new_tokens": 8},
 }
 DATA_STAGES = ["synth", "ingest", "validate", "shard", "features"]
-MODEL_STAGES = ["train_detail", "train", "predict", "evaluate", "report"]
+MODEL_STAGES = ["train_detail", "train", "predict", "evaluate", "report", "paper"]
 
 
 def _git(repo: Path, *args: str) -> None:

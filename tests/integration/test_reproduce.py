@@ -96,3 +96,40 @@ def test_reproduce_revos_on_a_pinned_synthetic_version(tmp_path: Path, capsys: p
     assert (repo / "data/eval/metrics.json").is_file()
     experiments = _sh(repo, str(BIN / "dvc"), "exp", "list", "--name-only")
     assert "paper-revos-v1-" in experiments
+
+
+def test_paper_stage_writes_the_table_and_says_where_the_numbers_come_from(tmp_path: Path) -> None:
+    """The DVC stage (what `reproduce` runs in its experiment) on an evaluate stage's metrics.json."""
+    import json
+
+    from stages.paper import main
+
+    metrics = tmp_path / "metrics.json"
+    metrics.write_text(json.dumps(SUMMARY))
+    common = ["--params", str(REPO / "params.yaml"), "--eval", str(metrics), "--paper",
+              str(REPO / "reports/paper_numbers.yaml"), "--set", "predict.policies=[global_reasoning]"]
+    unpinned = tmp_path / "paper_revos.md"
+    assert main([*common, "--out", str(unpinned)]) == 0
+    text = unpinned.read_text()
+    assert _cells(text, "overall") == ["overall", "J&F", "44.7", "45.0", "+0.3"]
+    assert "- data version: none: the workspace's data, not pinned" in text
+    assert "- DVC experiment: none: a plain `dvc repro`" in text
+
+    pinned = tmp_path / "paper_refavs.md"
+    settings = ["paper.table=refavs", "paper.data_version=v7", "paper.experiment=paper-refavs-v7-x",
+                "global_reasoning.checkpoint=/ckpt/omni", "detail.backend=sam2", "detail.sam2_checkpoint=/ckpt/sam2.pt"]
+    assert main([*common, *[a for s in settings for a in ("--set", s)], "--out", str(pinned)]) == 0
+    text = pinned.read_text()
+    assert "# Omni-R1 paper table: RefAVS" in text and "no RefAVS seen/unseen test samples" in text
+    assert "`v7` (git tag `data/v7`)" in text and "`paper-refavs-v7-x`" in text
+    assert "`/ckpt/omni`" in text and "backend `sam2`, checkpoint `/ckpt/sam2.pt`" in text
+
+
+def test_paper_stage_without_metrics_names_the_stage_to_run(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    from stages.paper import main
+
+    out = tmp_path / "paper_revos.md"
+    code = main(["--params", str(REPO / "params.yaml"), "--eval", str(tmp_path / "missing.json"),
+                 "--paper", str(REPO / "reports/paper_numbers.yaml"), "--out", str(out)])
+    assert code == 2 and not out.exists()
+    assert "run the evaluate stage first" in caplog.text

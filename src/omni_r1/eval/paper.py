@@ -1,8 +1,8 @@
 """One paper table reproduced: the paper's Omni-R1 numbers, this run's, and the difference, as markdown.
 
-``omni-r1 reproduce --table refavs|revos`` writes ``reports/paper_<table>.md`` with
-``paper_table_markdown``. Pure: it takes the paper's rows (``reports/paper_numbers.yaml``), this
-run's numbers and a description of the run, and returns text.
+The ``paper`` stage (``stages/paper.py``; ``omni-r1 reproduce --table refavs|revos`` runs it in a DVC
+experiment) writes ``reports/paper_<table>.md`` with ``paper_table_markdown``. Pure: it takes the paper's
+rows (``reports/paper_numbers.yaml``), this run's numbers and a description of the run, and returns text.
 
 - ReVOS: J&F per expression type (referring, reasoning, overall) from ``data/eval/metrics.json``.
 - RefAVS: the Ref-AVS metrics the paper reports, from the ``refavs`` section of ``data/eval/metrics.json``
@@ -98,12 +98,17 @@ def paper_table_markdown(table: Table, paper: Sequence[Mapping[str, Any]], run: 
 
 
 def _provenance(info: RunInfo) -> str:
+    version = (f"`{info.data_version}` (git tag `data/{info.data_version}`), verified before the run"
+               if info.data_version else "none: the workspace's data, not pinned (`omni-r1 data pin NAME` pins it, "
+               "`omni-r1 reproduce` evaluates a pinned version)")
+    experiment = (f"`{info.experiment}` (`dvc exp show` lists its params and metrics)" if info.experiment
+                  else "none: a plain `dvc repro`")
     return "\n".join([
-        f"- data version: `{info.data_version}` (git tag `data/{info.data_version}`), verified before the run",
+        f"- data version: {version}",
         f"- data: `{info.data_root}` ({info.data_format} layout){' - synthetic' if info.synthetic else ''}",
         f"- System 1 checkpoint: `{info.checkpoint}`",
         f"- System 2: {info.detail}",
-        f"- DVC experiment: `{info.experiment}` (`dvc exp show` lists its params and metrics)",
+        f"- DVC experiment: {experiment}",
     ])
 
 
