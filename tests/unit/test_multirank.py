@@ -21,7 +21,8 @@ from typing import Any
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-TIMEOUT_S = int(os.environ.get("OMNI_R1_MULTIRANK_TIMEOUT_S", "900"))
+# A run takes about 30 s on 2 CPU cores; a rank stuck in a collective fails the test after this long.
+TIMEOUT_S = int(os.environ.get("OMNI_R1_MULTIRANK_TIMEOUT_S", "300"))
 
 
 def _free_port() -> int:
@@ -135,16 +136,8 @@ def rank_main(stage: int, out: str, device: str = "cpu") -> None:
     (folder / f"rank{rank}.json").write_text(json.dumps(result))
 
 
-ZERO3_CPU_HANG = (
-    "open: under ZeRO-3 on CPU (gloo, DeepSpeed 0.19.8) rank 0 waits in the all-gather of the first prompt "
-    "forward (embed_tokens' pre-forward fetch) while rank 1 has passed the prompt and waits in the sampler's "
-    "all_done all_reduce; the language model is called through its submodules, not engine.forward, so "
-    "ZeRO-3's fetch/prefetch order is not pinned across ranks. Run with --runxfail to reproduce (~4 min)"
-)
-
-
 @pytest.mark.slow
-@pytest.mark.parametrize("stage", [2, pytest.param(3, marks=pytest.mark.xfail(run=False, reason=ZERO3_CPU_HANG))])
+@pytest.mark.parametrize("stage", [2, 3])
 def test_two_ranks_train_three_steps_when_one_rank_drops_every_group(stage: int, tmp_path: Path) -> None:
     results = _launch(stage, tmp_path)
     assert results[1]["dropped_at"] == [2] and results[0]["dropped_at"] == []

@@ -42,3 +42,25 @@ def test_sampling_through_the_engine_follows_the_seed(params, items) -> None:
     reasoner = dataclasses.replace(reasoner, params=dataclasses.replace(reasoner.params, temperature=1.0))
     draws = [reasoner.sample_ids(items[0].inputs, num_return_sequences=4, seed=s, max_new_tokens=8) for s in (1, 1, 2)]
     assert torch.equal(draws[0], draws[1]) and not torch.equal(draws[0], draws[2])
+
+
+def test_encoding_a_prompt_runs_no_module_of_the_language_model(params, items) -> None:
+    # Under ZeRO-3 the language model is partitioned and each of its forwards is a collective, while a prompt is
+    # encoded only on the rank whose prompt cache misses: a language-model forward there hung the other rank.
+    from omni_r1.systems.system1 import encode_prompt
+
+    reasoner = build_reasoner(params, 0)
+    language_model = reasoner.model.model.language_model
+    calls: list[str] = []
+    handles = [module.register_forward_pre_hook(lambda m, _args: calls.append(type(m).__name__))
+               for module in (*language_model.modules(), reasoner.model.lm_head)]
+    try:
+        encoding = encode_prompt(reasoner.model, items[0].inputs)
+    finally:
+        for handle in handles:
+            handle.remove()
+    assert calls == []
+    # the tower outputs still land at their placeholders, and the prompt's text embeddings then come from the model
+    hidden = language_model.get_input_embeddings().embedding_dim
+    assert encoding.features.shape == (1, encoding.input_ids.shape[1], hidden)
+    assert bool(encoding.multimodal.any()) and bool((encoding.features[0][encoding.multimodal[0, :, 0]] != 0).any())

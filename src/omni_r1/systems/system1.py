@@ -59,8 +59,14 @@ def encode_prompt(model: Any, prompt_inputs: dict[str, Tensor]) -> PromptEncodin
     inner = model.model
     prompt_inputs = _on_model(model, prompt_inputs)
     ids = prompt_inputs["input_ids"]
+    embedding = inner.get_input_embeddings()
     with torch.no_grad():
-        embeds = inner.get_input_embeddings()(ids)
+        # Only the shape and dtype of the text embeddings are needed here, so the embedding is not run: under
+        # DeepSpeed ZeRO-3 it is partitioned and every forward of it is a collective (an all-gather), while
+        # encoding runs on one rank only when that rank's prompt cache misses. A forward here would leave the
+        # other ranks waiting (tests/unit/test_multirank.py hung exactly so). ``embedding_dim`` and the
+        # weight's dtype are whole on every rank even when the weight's data is partitioned.
+        embeds = torch.zeros((*ids.shape, embedding.embedding_dim), dtype=embedding.weight.dtype, device=ids.device)
         features = torch.zeros_like(embeds)
         multimodal = torch.zeros_like(embeds, dtype=torch.bool)
         audio_lengths = None
