@@ -6,10 +6,14 @@ Stages import the library and nothing above it: no ``flows``, no Prefect (``test
 from __future__ import annotations
 
 import argparse
+import atexit
 import contextlib
 import logging
+import os
+import sys
+import threading
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, NoReturn, Sequence
 
 from tqdm.auto import tqdm
 
@@ -80,3 +84,21 @@ def _one_line(err: BaseException) -> str:
     if isinstance(err, OSError) and err.filename and str(err.filename) not in text:
         text = f"{err.filename}: {text}"
     return " ".join(text.split())
+
+
+def exit_process(code: int) -> NoReturn:
+    """End a stage process with ``code``, skipping CPython's module teardown once the stage is done.
+
+    Under ``dvc repro`` each stage is its own interpreter, and tearing down what it imported costs
+    more than the work on a small dataset: 0.9 s after great-expectations, 0.6-1.5 s after torch and
+    transformers (2 cores), paid by every stage of every run. Everything a stage writes is published by
+    an atomic rename inside ``main``, so nothing is left to flush but the standard streams. The atexit
+    handlers still run (logging, multiprocessing children, ``weakref.finalize`` temp folders); a
+    non-daemon thread still alive means something is unfinished, and then the normal exit joins it.
+    """
+    if any(t is not threading.main_thread() and t.is_alive() and not t.daemon for t in threading.enumerate()):
+        sys.exit(code)
+    atexit._run_exitfuncs()  # the handlers the normal exit would run, in the same (reverse) order
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    os._exit(code)

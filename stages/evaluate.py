@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import json
 import logging
-import sys
 from pathlib import Path
 from typing import Sequence
 
 from omni_r1.eval.evaluate import evaluate
 from omni_r1.fileio import atomic_write_json, atomic_write_text
-from stages.common import parse, parser
+from stages.common import exit_process, parse, parser
 
 log = logging.getLogger("stages.evaluate")
 
@@ -41,4 +40,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_process(main())

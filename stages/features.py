@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 import time
 from pathlib import Path
 from typing import Sequence
@@ -18,7 +17,7 @@ from omni_r1.data.pipeline import featurize_shard
 from omni_r1.data.shards import verified_shards
 from omni_r1.fanout import fan_out
 from omni_r1.fileio import atomic_write_json, check_output_location, claim_output_dir
-from stages.common import guarded, parse, parser, progress
+from stages.common import exit_process, guarded, parse, parser, progress
 
 log = logging.getLogger("stages.features")
 
@@ -62,4 +61,4 @@ def _run(args: argparse.Namespace, params: Params) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_process(main())

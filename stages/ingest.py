@@ -7,14 +7,13 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 from pathlib import Path
 from typing import Sequence
 
 from omni_r1.config import Params
 from omni_r1.data.pipeline import ingest
 from omni_r1.fileio import atomic_write_json, atomic_write_parquet, check_output_location
-from stages.common import guarded, parse, parser
+from stages.common import exit_process, guarded, parse, parser
 
 log = logging.getLogger("stages.ingest")
 
@@ -43,4 +42,4 @@ def _run(args: argparse.Namespace, params: Params) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_process(main())

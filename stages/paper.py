@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import sys
 from pathlib import Path
 from typing import Sequence
 
@@ -19,7 +18,7 @@ from omni_r1.config import Params
 from omni_r1.eval.paper import RunInfo, is_synthetic, paper_table_markdown, refavs_numbers, revos_numbers
 from omni_r1.eval.tables import load_paper_numbers
 from omni_r1.fileio import atomic_write_text
-from stages.common import guarded, parse, parser
+from stages.common import exit_process, guarded, parse, parser
 
 log = logging.getLogger("stages.paper")
 
@@ -62,4 +61,4 @@ def _run(metrics: Path, paper: Path, out: Path, params: Params) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_process(main())

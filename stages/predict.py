@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import sys
 from pathlib import Path
 from typing import Sequence
 
@@ -19,7 +18,7 @@ from omni_r1.eval.native import NativeSource
 from omni_r1.eval.predict import predict_shard
 from omni_r1.fanout import fan_out
 from omni_r1.fileio import atomic_write_json, atomic_write_text, claim_output_dir
-from stages.common import parse, parser, progress
+from stages.common import exit_process, parse, parser, progress
 
 log = logging.getLogger("stages.predict")
 PREDICTION_PATTERNS = ("rows.jsonl", "**/*.png", "**/.*.tmp")  # what predict writes under --out
@@ -60,4 +59,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_process(main())

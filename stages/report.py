@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import sys
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -19,7 +18,7 @@ from omni_r1.eval.report import plot_jf, plot_training, write_overlays
 from omni_r1.eval.tables import (ablation_table, collaboration_verdict, has_refavs, heldout_ablation_tables,
                                  load_paper_numbers, refavs_table, revos_table, run_table, training_table)
 from omni_r1.fileio import atomic_write_text
-from stages.common import parse, parser
+from stages.common import exit_process, parse, parser
 
 log = logging.getLogger("stages.report")
 
@@ -95,4 +94,4 @@ def _training_section(args: argparse.Namespace, params: Params, figures: Path) -
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_process(main())

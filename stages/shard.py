@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 import time
 from pathlib import Path
 from typing import Sequence
@@ -24,7 +23,7 @@ from omni_r1.data.pipeline import ResumableShardRun, decode_to_work, read_manife
 from omni_r1.data.shards import group_by_video
 from omni_r1.fanout import fan_out
 from omni_r1.fileio import atomic_write_json, check_output_location
-from stages.common import guarded, parse, parser, progress
+from stages.common import exit_process, guarded, parse, parser, progress
 
 log = logging.getLogger("stages.shard")
 
@@ -78,4 +77,4 @@ def _run(args: argparse.Namespace, params: Params) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_process(main())

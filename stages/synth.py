@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import logging
-import sys
 from pathlib import Path
 from typing import Sequence
 
 from omni_r1.data.synthetic import SynthSpec, generate
-from stages.common import parse, parser
+from stages.common import exit_process, parse, parser
 
 log = logging.getLogger("stages.synth")
 
@@ -26,4 +25,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_process(main())

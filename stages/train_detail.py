@@ -8,7 +8,6 @@ train videos, kept out of training; val is GRPO's held-out set and test the repo
 from __future__ import annotations
 
 import logging
-import sys
 from pathlib import Path
 from typing import Sequence
 
@@ -17,7 +16,7 @@ from tqdm.auto import tqdm
 from omni_r1.data.shards import read_samples
 from omni_r1.fileio import atomic_write_json
 from omni_r1.detail_training import step_counts, train_light_models
-from stages.common import parse, parser
+from stages.common import exit_process, parse, parser
 
 log = logging.getLogger("stages.train_detail")
 
@@ -44,4 +43,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_process(main())

@@ -19,16 +19,13 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-# Runs the stage as `python -m stages.shard ARGS` would, then reports whether Prefect was imported.
-RUN_STAGE = ("import runpy, sys\n"
+# Runs the stage as `python -m stages.shard ARGS` would, then reports whether Prefect was imported: from an
+# atexit handler, because the stage ends its process itself (stages.common.exit_process runs the handlers).
+RUN_STAGE = ("import atexit, runpy, sys\n"
              "sys.argv = ['stages.shard', *sys.argv[1:]]\n"
-             "try:\n"
-             "    runpy.run_module('stages.shard', run_name='__main__', alter_sys=True)\n"
-             "    code = 0\n"
-             "except SystemExit as done:\n"
-             "    code = done.code\n"
-             "print('PREFECT_IMPORTED' if any(m.split('.')[0] == 'prefect' for m in sys.modules) else 'NO_PREFECT')\n"
-             "sys.exit(code)\n")
+             "atexit.register(lambda: print('PREFECT_IMPORTED' if any(m.split('.')[0] == 'prefect' for m in "
+             "sys.modules) else 'NO_PREFECT', flush=True))\n"
+             "runpy.run_module('stages.shard', run_name='__main__', alter_sys=True)\n")
 LIMIT_SECONDS = 240  # the old path needed 50-100 s for Prefect's start-up alone on a busy machine
 
 
