@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Sequence
 
 from omni_r1.config import Params
-from omni_r1.data.pipeline import ingest
+from omni_r1.data.pipeline import ingest_rows, manifest_table
 from omni_r1.fileio import atomic_write_json, atomic_write_parquet, check_output_location
 from stages.common import exit_process, guarded, parse, parser
 
@@ -33,8 +33,8 @@ def _run(args: argparse.Namespace, params: Params) -> int:
     fmt = args.format or params.data.format
     for out, what in ((args.out, "--out"), (args.metrics, "--metrics")):
         check_output_location(out, [root], what=what)  # a manifest written into the dataset would change it
-    frame, metrics = ingest(fmt, root, params.ingest)
-    atomic_write_parquet(args.out, frame)
+    rows, metrics = ingest_rows(fmt, root, params.ingest)
+    atomic_write_parquet(args.out, manifest_table(rows))
     atomic_write_json(args.metrics, metrics)
     log.info("%s layout at %s: %d rows, %d videos, %d parse errors -> %s", fmt, root, metrics["rows"],
              metrics["videos"], metrics["parse_errors"], args.out)

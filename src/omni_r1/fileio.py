@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import pandas as pd
+    import pyarrow as pa
 
 
 PUBLISHED_MODE = 0o644  # temp files are created 0600; published files are readable like any other output
@@ -74,13 +75,19 @@ def atomic_write_json(path: Path, value: Any) -> None:
     atomic_write_text(path, json.dumps(value, indent=2, sort_keys=True) + "\n")
 
 
-def atomic_write_parquet(path: Path, frame: pd.DataFrame) -> None:
+def atomic_write_parquet(path: Path, frame: pd.DataFrame | pa.Table) -> None:
+    """A pandas dataframe (without its index) or a pyarrow table as parquet, published by one rename."""
     tmp = ""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         os.close(fd)
-        frame.to_parquet(tmp, index=False)
+        if hasattr(frame, "to_parquet"):
+            frame.to_parquet(tmp, index=False)
+        else:
+            import pyarrow.parquet as pq
+
+            pq.write_table(frame, tmp)
         publish(tmp, path)
     except OSError as err:
         raise _write_error(path, err) from err

@@ -21,6 +21,7 @@ import shutil
 import time
 import uuid
 from collections import Counter
+import dataclasses
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
@@ -39,20 +40,39 @@ if TYPE_CHECKING:  # pandas is imported where a stage needs it: it costs 0.3-0.4
     import pandas as pd
 
 
-def ingest(fmt: str, root: Path, params: IngestParams) -> tuple[pd.DataFrame, dict[str, Any]]:
-    """Parse a dataset layout into the manifest dataframe (one row per (video, expression)) and metrics."""
-    import pandas as pd
-
+def ingest_rows(fmt: str, root: Path, params: IngestParams) -> tuple[list[ManifestRow], dict[str, Any]]:
+    """Parse a dataset layout into manifest rows (one per (video, expression)) and the stage's metrics."""
     rows = read_layout(fmt, root, refavs_fps=params.refavs_fps, revos_fps=params.revos_fps)
-    frame = pd.DataFrame([r.to_dict() for r in rows], columns=list(ManifestRow.__dataclass_fields__))
     metrics = {
         "rows": len(rows),
-        "videos": int(frame["video_id"].nunique()) if rows else 0,
-        "parse_errors": int((frame["ingest_error"] != "").sum()) if rows else 0,
+        "videos": len({r.video_id for r in rows}),
+        "parse_errors": sum(1 for r in rows if r.ingest_error != ""),
         **{f"split_{k}": v for k, v in sorted(Counter(r.split for r in rows).items())},
         **{f"type_{k}": v for k, v in sorted(Counter(r.exp_type for r in rows).items())},
     }
-    return frame, metrics
+    return rows, metrics
+
+
+def ingest(fmt: str, root: Path, params: IngestParams) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """``ingest_rows`` as the manifest dataframe, for scripts and tests that work in pandas."""
+    import pandas as pd
+
+    rows, metrics = ingest_rows(fmt, root, params)
+    return pd.DataFrame([r.to_dict() for r in rows], columns=list(ManifestRow.__dataclass_fields__)), metrics
+
+
+def manifest_table(rows: Sequence[ManifestRow]) -> Any:
+    """The rows as a pyarrow table with one typed column per ``ManifestRow`` field (what the ingest stage writes).
+
+    pyarrow alone, so the ingest stage's process does not import pandas (0.3-0.4 s of its start); the
+    schema is explicit, so an empty manifest or one whose ``frame_paths`` are all empty keeps its types.
+    """
+    import pyarrow as pa
+
+    kinds = {"str": pa.string(), "bool": pa.bool_(), "int": pa.int64(), "float": pa.float64(),
+             "list[str]": pa.list_(pa.string())}
+    schema = pa.schema([(f.name, kinds[str(f.type)]) for f in dataclasses.fields(ManifestRow)])
+    return pa.Table.from_pylist([r.to_dict() for r in rows], schema=schema)
 
 
 class ManifestError(ValueError):
