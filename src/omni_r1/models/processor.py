@@ -28,6 +28,7 @@ import json
 import os
 import shutil
 import tempfile
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -169,17 +170,24 @@ def build_processor(
             "fix features.min_pixels/max_pixels in params.yaml"
         )
     tokenizer = str(tokenizer)
-    if tokenizer == TINY_TOKENIZER:
-        processor = _tiny_processor(_tiny_tokenizer_dir(cache_dir), mel_bins)
-    elif tokenizer.startswith("builtin:"):
+    if tokenizer.startswith("builtin:") and tokenizer != TINY_TOKENIZER:
         raise ValueError(
             f"features.tokenizer in params.yaml is {tokenizer!r}, an unknown built-in; "
             f"use {TINY_TOKENIZER!r} or the path of a local Qwen2.5-Omni checkpoint"
         )
-    else:
-        processor = _checkpoint_processor(Path(tokenizer).expanduser(), mel_bins)
-    _set_pixel_budget(processor, min_pixels, max_pixels)
+    # transformers resolves its classes on first use through a lazy module that is not thread-safe: two
+    # threads building a processor at once (the features stage's thread fan-out) made one of them fail
+    # with "cannot import name 'Qwen2_5OmniProcessor'". Building takes milliseconds once imported.
+    with _BUILD_LOCK:
+        if tokenizer == TINY_TOKENIZER:
+            processor = _tiny_processor(_tiny_tokenizer_dir(cache_dir), mel_bins)
+        else:
+            processor = _checkpoint_processor(Path(tokenizer).expanduser(), mel_bins)
+        _set_pixel_budget(processor, min_pixels, max_pixels)
     return processor
+
+
+_BUILD_LOCK = threading.Lock()
 
 
 # ----------------------------------------------------------------------------------------------- tiny
