@@ -44,15 +44,19 @@ def parse(p: argparse.ArgumentParser, argv: Sequence[str] | None) -> tuple[argpa
 def user_errors() -> tuple[type[BaseException], ...]:
     """Errors that are a user's to fix (bad paths, data, outputs, a busy machine): one line, no traceback."""
     from omni_r1.config import ConfigError
+    from omni_r1.data.features import FeatureShardError
     from omni_r1.data.formats import LayoutError
     from omni_r1.data.paths import PathEscapeError
     from omni_r1.data.pipeline import ManifestError
     from omni_r1.data.shards import ShardIntegrityError
+    from omni_r1.eval.native import NativeSourceError
     from omni_r1.fanout import FanoutError
     from omni_r1.fileio import OutputOwnershipError
+    from omni_r1.models.checkpoints import CheckpointFolderError
+    from omni_r1.systems.detail import DetailSetupError
 
     return (ConfigError, LayoutError, ManifestError, OutputOwnershipError, PathEscapeError, ShardIntegrityError,
-            FanoutError, OSError)
+            FeatureShardError, NativeSourceError, CheckpointFolderError, DetailSetupError, FanoutError, OSError)
 
 
 @contextlib.contextmanager

@@ -8,17 +8,19 @@ keyframes, timings).
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 from pathlib import Path
 from typing import Sequence
 
+from omni_r1.config import Params
 from omni_r1.data.shards import verified_shards
 from omni_r1.eval.native import NativeSource
 from omni_r1.eval.predict import predict_shard
 from omni_r1.fanout import fan_out
 from omni_r1.fileio import atomic_write_json, atomic_write_text, claim_output_dir
-from stages.common import exit_process, parse, parser, progress
+from stages.common import exit_process, guarded, parse, parser, progress
 
 log = logging.getLogger("stages.predict")
 PREDICTION_PATTERNS = ("rows.jsonl", "**/*.png", "**/.*.tmp")  # what predict writes under --out
@@ -34,6 +36,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--metrics", type=Path, required=True)
     args, params = parse(p, argv)
+    return guarded("predict", lambda: _run(args, params))
+
+
+def _run(args: argparse.Namespace, params: Params) -> int:
     entries = verified_shards(args.shards, params.predict.split)
     owned = claim_output_dir(args.out, "predict", patterns=PREDICTION_PATTERNS,
                              protected=[args.shards, args.features, args.root])

@@ -103,3 +103,17 @@ def test_prepare_refuses_an_output_inside_the_dataset(synth_video: Path, capsys:
     assert _prepare("video", synth_video, synth_video / "prepared") == 1
     assert "inside the dataset root" in capsys.readouterr().err
     assert not (synth_video / "prepared").exists()
+
+
+def test_predict_stage_without_shards_says_which_stage_to_run(tmp_path: Path,
+                                                              caplog: pytest.LogCaptureFixture) -> None:
+    """A user's mistake in the predict stage is one line naming the fix, exit 2, no traceback, nothing written."""
+    from stages.predict import main as predict
+
+    code = predict(["--params", str(REPO / "params.yaml"), "--shards", str(tmp_path / "shards"),
+                    "--features", str(tmp_path / "features"), "--manifest", str(tmp_path / "validated.parquet"),
+                    "--root", str(tmp_path / "raw"), "--out", str(tmp_path / "predictions"),
+                    "--metrics", str(tmp_path / "predict.json")])
+    assert code == 2
+    assert "manifest.json is missing" in caplog.text and "rerun the shard stage" in caplog.text
+    assert not (tmp_path / "predictions").exists() and not (tmp_path / "predict.json").exists()
