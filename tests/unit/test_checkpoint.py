@@ -16,6 +16,7 @@ from omni_r1.rl import checkpoint
 from omni_r1.rl.checkpoint import (
     CheckpointError,
     ResumeState,
+    TorchState,
     latest_checkpoint,
     load_checkpoint,
     save_checkpoint,
@@ -112,7 +113,7 @@ def _stepped_objects(steps: int = 3, device: str = "cpu"):
 
 
 def _save(root: Path, step: int, model, optimizer, scheduler, loader: Loader, keep_last: int = 3) -> Path:
-    return save_checkpoint(root, step, model=model, optimizer=optimizer, scheduler=scheduler,
+    return save_checkpoint(root, step, state=TorchState(model, optimizer, scheduler),
                            data_position=loader.position(), keep_last=keep_last,
                            generators={"data": loader.generator}, extra={"run": "unit", "loss": 0.25})
 
@@ -142,7 +143,7 @@ def test_round_trip_restores_model_optimizer_scheduler_and_every_rng(tmp_path: P
     fresh_model, fresh_optimizer, fresh_scheduler = _objects(seed=99, device=device)
     fresh_generator = np.random.default_rng(1234)
     _scramble_global_rngs()
-    resume = load_checkpoint(folder, model=fresh_model, optimizer=fresh_optimizer, scheduler=fresh_scheduler,
+    resume = load_checkpoint(folder, state=TorchState(fresh_model, fresh_optimizer, fresh_scheduler),
                              generators={"data": fresh_generator})
 
     assert resume == ResumeState(step=3, data_position=loader.position(), extra={"run": "unit", "loss": 0.25})
@@ -173,7 +174,7 @@ def test_restore_rng_false_leaves_random_streams_alone(tmp_path: Path) -> None:
 
     _scramble_global_rngs()
     untouched = np.random.default_rng(3)
-    load_checkpoint(folder, model=fresh_model, optimizer=fresh_optimizer, scheduler=fresh_scheduler,
+    load_checkpoint(folder, state=TorchState(fresh_model, fresh_optimizer, fresh_scheduler),
                     generators={"data": untouched}, restore_rng=False)
     assert _draws(untouched) == expected
     _assert_same_tensors(model.state_dict(), fresh_model.state_dict())
@@ -190,7 +191,7 @@ def test_keep_last_prunes_to_the_newest_and_latest_finds_the_highest(tmp_path: P
 def test_saving_an_existing_step_again_replaces_it_whole(tmp_path: Path) -> None:
     model, optimizer, scheduler, loader = _stepped_objects(steps=1)
     _save(tmp_path, 5, model, optimizer, scheduler, loader)
-    folder = save_checkpoint(tmp_path, 5, model=model, optimizer=optimizer, scheduler=scheduler,
+    folder = save_checkpoint(tmp_path, 5, state=TorchState(model, optimizer, scheduler),
                              data_position={"epoch": 9}, keep_last=3, generators={"data": loader.generator})
     assert sorted(p.name for p in tmp_path.iterdir()) == ["step-00000005"]
     assert json.loads((folder / "state.json").read_text())["data_position"] == {"epoch": 9}
@@ -239,7 +240,7 @@ def test_corrupted_weights_file_is_refused_by_name(tmp_path: Path) -> None:
     fresh_model, fresh_optimizer, fresh_scheduler = _objects(seed=5)
     untouched = {k: v.clone() for k, v in fresh_model.state_dict().items()}
     with pytest.raises(CheckpointError, match=r"model\.safetensors.*sha256.*delete the folder"):
-        load_checkpoint(folder, model=fresh_model, optimizer=fresh_optimizer, scheduler=fresh_scheduler,
+        load_checkpoint(folder, state=TorchState(fresh_model, fresh_optimizer, fresh_scheduler),
                         generators={"data": np.random.default_rng(0)})
     _assert_same_tensors(untouched, fresh_model.state_dict())  # nothing was half-loaded
 
@@ -250,7 +251,7 @@ def test_missing_file_is_refused_by_name(tmp_path: Path) -> None:
     (folder / "optimizer.pt").unlink()
     fresh = _objects(seed=5)
     with pytest.raises(CheckpointError, match=r"optimizer\.pt.*missing"):
-        load_checkpoint(folder, model=fresh[0], optimizer=fresh[1], scheduler=fresh[2],
+        load_checkpoint(folder, state=TorchState(fresh[0], fresh[1], fresh[2]),
                         generators={"data": np.random.default_rng(0)})
 
 
@@ -260,11 +261,11 @@ def test_wrong_model_is_refused_strictly(tmp_path: Path) -> None:
     other = nn.Sequential(nn.Linear(8, 8))
     other_optimizer = torch.optim.AdamW(other.parameters())
     with pytest.raises(CheckpointError, match=r"model\.safetensors does not fit Sequential.*missing keys.*0\.weight"):
-        load_checkpoint(folder, model=other, optimizer=other_optimizer, scheduler=None,
+        load_checkpoint(folder, state=TorchState(other, other_optimizer, None),
                         generators={"data": np.random.default_rng(0)})
     wider = TiedNet(hidden=16)
     with pytest.raises(CheckpointError, match=r"embed\.weight is \(11, 8\).*\(11, 16\)"):
-        load_checkpoint(folder, model=wider, optimizer=torch.optim.AdamW(wider.parameters()), scheduler=None,
+        load_checkpoint(folder, state=TorchState(wider, torch.optim.AdamW(wider.parameters()), None),
                         generators={"data": np.random.default_rng(0)})
 
 
@@ -273,10 +274,10 @@ def test_mismatched_scheduler_or_generators_are_refused(tmp_path: Path) -> None:
     folder = _save(tmp_path, 1, model, optimizer, scheduler, loader)
     fresh = _objects(seed=5)
     with pytest.raises(CheckpointError, match="pass the run's scheduler"):
-        load_checkpoint(folder, model=fresh[0], optimizer=fresh[1], scheduler=None,
+        load_checkpoint(folder, state=TorchState(fresh[0], fresh[1], None),
                         generators={"data": np.random.default_rng(0)})
     with pytest.raises(CheckpointError, match=r"generators \['data'\] but \[\] were passed"):
-        load_checkpoint(folder, model=fresh[0], optimizer=fresh[1], scheduler=fresh[2])
+        load_checkpoint(folder, state=TorchState(fresh[0], fresh[1], fresh[2]))
 
 
 def test_file_list_cannot_escape_the_checkpoint_folder(tmp_path: Path) -> None:
@@ -288,14 +289,14 @@ def test_file_list_cannot_escape_the_checkpoint_folder(tmp_path: Path) -> None:
     (folder / "state.json").write_text(json.dumps(state))
     fresh = _objects(seed=5)
     with pytest.raises(CheckpointError, match=r"'\.\./outside\.bin'.*outside the checkpoint folder"):
-        load_checkpoint(folder, model=fresh[0], optimizer=fresh[1], scheduler=fresh[2],
+        load_checkpoint(folder, state=TorchState(fresh[0], fresh[1], fresh[2]),
                         generators={"data": np.random.default_rng(0)})
 
 
 def test_non_json_data_position_is_refused_before_writing(tmp_path: Path) -> None:
     model, optimizer, scheduler, _ = _stepped_objects(steps=1)
     with pytest.raises(ValueError, match=r"data_position\.cursor is a int64"):
-        save_checkpoint(tmp_path, 1, model=model, optimizer=optimizer, scheduler=scheduler,
+        save_checkpoint(tmp_path, 1, state=TorchState(model, optimizer, scheduler),
                         data_position={"cursor": np.int64(3)}, keep_last=1)
     assert latest_checkpoint(tmp_path) is None
 
@@ -319,7 +320,7 @@ def test_resume_is_bit_exact(tmp_path: Path, device: str) -> None:
     _scramble_global_rngs()
     model, optimizer, scheduler = _objects(seed=42, device=device)
     loader = Loader(np.random.default_rng(999))
-    resume = load_checkpoint(latest_checkpoint(tmp_path), model=model, optimizer=optimizer, scheduler=scheduler,
+    resume = load_checkpoint(latest_checkpoint(tmp_path), state=TorchState(model, optimizer, scheduler),
                              generators={"data": loader.generator})
     loader.restore(resume.data_position)
     for _ in range(resume.step, total):
@@ -343,8 +344,53 @@ def test_cuda_rng_of_other_devices_is_refused_unless_rng_is_not_restored(tmp_pat
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     fresh = _objects(seed=5)
     with pytest.raises(CheckpointError, match=r"3 CUDA devices, this machine has 0.*restore_rng=False"):
-        load_checkpoint(folder, model=fresh[0], optimizer=fresh[1], scheduler=fresh[2],
+        load_checkpoint(folder, state=TorchState(fresh[0], fresh[1], fresh[2]),
                         generators={"data": np.random.default_rng(0)})
-    resume = load_checkpoint(folder, model=fresh[0], optimizer=fresh[1], scheduler=fresh[2],
+    resume = load_checkpoint(folder, state=TorchState(fresh[0], fresh[1], fresh[2]),
                              generators={"data": np.random.default_rng(0)}, restore_rng=False)
     assert resume.step == 1
+
+
+def test_each_rank_keeps_its_own_random_state_and_the_world_size_is_recorded(tmp_path: Path) -> None:
+    model, optimizer, scheduler, loader = _stepped_objects(steps=1)
+    folder = _save(tmp_path, 1, model, optimizer, scheduler, loader)
+    state = json.loads((folder / "state.json").read_text())
+    assert state["world_size"] == 1 and state["format_version"] == checkpoint.FORMAT_VERSION
+    assert {checkpoint.rng_name(0), checkpoint.torch_rng_name(0)} <= state["files"].keys()
+    assert sorted(state["files"]) == sorted(p.name for p in folder.iterdir() if p.name != "state.json")
+
+
+def test_a_checkpoint_of_another_world_size_or_format_is_refused_before_anything_loads(tmp_path: Path) -> None:
+    model, optimizer, scheduler, loader = _stepped_objects(steps=1)
+    folder = _save(tmp_path, 1, model, optimizer, scheduler, loader)
+    fresh_model, fresh_optimizer, fresh_scheduler = _objects(seed=5)
+    untouched = {k: v.clone() for k, v in fresh_model.state_dict().items()}
+    state = json.loads((folder / "state.json").read_text())
+    (folder / "state.json").write_text(json.dumps(state | {"world_size": 8}))
+    with pytest.raises(CheckpointError, match=r"written by 8 ranks, this run has 1.*world size set to 8"):
+        load_checkpoint(folder, state=TorchState(fresh_model, fresh_optimizer, fresh_scheduler),
+                        generators={"data": np.random.default_rng(0)})
+    (folder / "state.json").write_text(json.dumps(state | {"format_version": 1}))
+    with pytest.raises(CheckpointError, match=r"format_version 1, this code reads 2"):
+        load_checkpoint(folder, state=TorchState(fresh_model, fresh_optimizer, fresh_scheduler),
+                        generators={"data": np.random.default_rng(0)})
+    _assert_same_tensors(untouched, fresh_model.state_dict())
+
+
+def test_published_weights_come_back_tied_and_checked(tmp_path: Path) -> None:
+    model = _stepped_objects(steps=1)[0]  # its head and embedding share one tensor
+    folder = checkpoint.publish_weights(tmp_path / "warm-start", model.state_dict(), info={"steps": 1})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["warm-start"]  # no temp folder left
+    fresh = TiedNet()
+    weights, info = checkpoint.read_weights(folder, fresh)
+    assert info == {"steps": 1}
+    fresh.load_state_dict(weights, strict=False)
+    _assert_same_tensors(model.state_dict(), fresh.state_dict())
+    assert fresh.head.weight is fresh.embed.weight
+    with pytest.raises(CheckpointError, match=r"weights the model does not have.*train\.init_checkpoint"):
+        checkpoint.read_weights(folder, nn.Sequential(nn.Linear(8, 8)))
+    data = bytearray((folder / "model.safetensors").read_bytes())
+    data[-1] ^= 0xFF
+    (folder / "model.safetensors").write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match=r"does not match its sha256.*delete"):
+        checkpoint.read_weights(folder, TiedNet())

@@ -22,12 +22,15 @@ import pytest
 import torch
 from torch import nn
 
-from omni_r1.config import ConfigError, DeepSpeedParams, TrainParams
+from omni_r1.config import ConfigError, DeepSpeedParams, TrainParams, WarmStartParams
+from omni_r1.rl.checkpoint import CheckpointError
 from omni_r1.rl.engine import (
     OWNED_KEYS,
+    WARM_START_WEIGHT_DECAY,
     PolicyEngine,
     TorchEngine,
     build_engine,
+    build_warm_start_engine,
     deepspeed_config,
     enable_gradient_checkpointing,
     load_deepspeed_config,
@@ -171,6 +174,62 @@ def test_torch_engine_lr_follows_the_schedule() -> None:
 def test_torch_engine_weight_decay_comes_from_params() -> None:
     engine = build_engine(_tiny_regressor(), _params(weight_decay=0.05), total_steps=1, device=CPU)
     assert sorted(group["weight_decay"] for group in engine.optimizer.param_groups) == [0.0, 0.05]
+
+
+def test_torch_engine_save_then_load_into_a_fresh_engine_continues_bit_for_bit(tmp_path: Path) -> None:
+    params = _params(lr=0.05, lr_schedule="cosine", warmup_steps=1, weight_decay=0.01)
+    straight = build_engine(_tiny_regressor(), params, total_steps=6, device=CPU)
+    for step in range(6):
+        _regression_step(straight, seed=step)
+        straight.step()
+    stopped = build_engine(_tiny_regressor(), params, total_steps=6, device=CPU)
+    for step in range(3):
+        _regression_step(stopped, seed=step)
+        stopped.step()
+    stopped.save(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.safetensors", "optimizer.pt", "scheduler.pt"]
+    resumed = build_engine(_tiny_regressor(seed=9), params, total_steps=6, device=CPU)
+    resumed.load(tmp_path)
+    lrs = []
+    for step in range(3, 6):
+        _regression_step(resumed, seed=step)
+        lrs.append(resumed.step()["lr"])
+    assert lrs == pytest.approx([0.05 * make_lr_lambda("cosine", 1, 6)(step) for step in range(3, 6)])
+    for name, tensor in straight.full_state_dict().items():
+        assert torch.equal(resumed.full_state_dict()[name], tensor), name
+
+
+def test_a_torch_engine_refuses_files_another_engine_wrote(tmp_path: Path) -> None:
+    (tmp_path / "deepspeed").mkdir()  # what DeepSpeedEngine.save leaves, without the torch engine's files
+    engine = build_engine(_tiny_regressor(), _params(), total_steps=1, device=CPU)
+    with pytest.raises(CheckpointError, match=r"model\.safetensors is missing.*train\.deepspeed\.enabled"):
+        engine.load(tmp_path)
+
+
+def test_the_warm_start_engine_is_constant_adamw_without_clipping() -> None:
+    model = nn.Linear(3, 2)
+    engine = build_warm_start_engine(model, WarmStartParams(steps=4, batch=8, lr=0.003), DeepSpeedParams(),
+                                     device=CPU)
+    assert isinstance(engine, TorchEngine) and engine.reference is None
+    assert sorted(group["weight_decay"] for group in engine.optimizer.param_groups) == [0.0, WARM_START_WEIGHT_DECAY]
+    seen: list[float] = []
+    engine.optimizer.register_step_pre_hook(
+        lambda optimizer, args, kwargs: seen.append(float(torch.linalg.vector_norm(model.weight.grad)))
+    )
+    lrs = []
+    for _ in range(4):
+        engine.backward(1e6 * model.weight.sum())  # a norm no GRPO clipping would let through
+        lrs.append(engine.step()["lr"])
+    assert lrs == [0.003] * 4
+    assert seen == [pytest.approx(1e6 * math.sqrt(6), rel=1e-6)] * 4
+
+
+def test_the_deepspeed_config_spells_no_clipping_as_zero() -> None:
+    from omni_r1.rl.engine import _filled_config
+
+    raw = load_deepspeed_config(ZERO2)
+    assert _filled_config(raw, math.inf, CPU)["gradient_clipping"] == 0.0
+    assert _filled_config(raw, 5.0, CPU)["gradient_clipping"] == 5.0
 
 
 def test_gradient_checkpointing_needs_a_hugging_face_model() -> None:

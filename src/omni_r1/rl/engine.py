@@ -11,6 +11,10 @@ implementations satisfy ``PolicyEngine``:
   with CPU offload, bf16, gradient checkpointing on 8 GPUs). On CPU it runs in one process over
   gloo with DeepSpeed's CPU accelerator, which is how the tests exercise it.
 
+Both save and load their state as files of a checkpoint folder (``save`` / ``load``, called on every rank:
+DeepSpeed's ``save_checkpoint`` / ``load_checkpoint`` write and read each rank's ZeRO shard), and the
+supervised warm start trains through the same kind of engine (``build_warm_start_engine``).
+
 ``build_engine`` picks one by ``train.deepspeed.enabled``. Hyperparameters (learning rate, weight
 decay, clipping, precision) come from ``params.yaml`` only: the DeepSpeed JSON holds
 infrastructure (ZeRO stage, offload, buckets, batch layout), and a JSON that also sets one of the
@@ -36,9 +40,14 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR, LRScheduler
 
-from omni_r1.config import ConfigError, TrainParams
+from omni_r1.config import ConfigError, DeepSpeedParams, TrainParams, WarmStartParams
+from omni_r1.rl.checkpoint import CheckpointError, TorchState
 
 Schedule = Literal["cosine", "constant"]
+
+DEEPSPEED_DIR = "deepspeed"  # where DeepSpeedEngine.save puts its files inside a checkpoint folder
+DEEPSPEED_TAG = "state"  # DeepSpeed's checkpoint tag: one state per checkpoint folder, the folder names the step
+WARM_START_WEIGHT_DECAY = 0.01  # torch AdamW's default, which the warm start used before it had an engine
 
 # Keys of a DeepSpeed config whose values params.yaml owns (filled in by ``deepspeed_config``).
 OWNED_KEYS = ("optimizer", "scheduler", "gradient_clipping", "bf16", "fp16")
@@ -85,6 +94,20 @@ class PolicyEngine(Protocol):
 
     def gathered(self) -> contextlib.AbstractContextManager[Any]:
         """A context inside which the policy's weights are whole on every rank (a collective under ZeRO-3)."""
+        ...
+
+    def save(self, folder: Path) -> None:
+        """Write the weights, optimizer and schedule into the existing ``folder`` (every rank calls it: under
+        DeepSpeed each rank writes its own ZeRO shard)."""
+        ...
+
+    def load(self, folder: Path) -> None:
+        """Restore what ``save`` wrote into ``folder`` (every rank calls it), on a freshly built engine."""
+        ...
+
+    def close(self) -> None:
+        """Let go of the optimizer, schedule and reference, and of the model (DeepSpeed removes its hooks), so
+        their memory can go and another engine may be built; the engine is unusable afterwards."""
         ...
 
 
@@ -275,6 +298,19 @@ class TorchEngine:
         """The weights are whole already: a no-op."""
         return contextlib.nullcontext()
 
+    def save(self, folder: Path) -> None:
+        """``model.safetensors``, ``optimizer.pt`` and ``scheduler.pt`` in ``folder`` (``checkpoint.TorchState``)."""
+        TorchState(self.model, self.optimizer, self.scheduler).save(folder)
+
+    def load(self, folder: Path) -> None:
+        """Read them back, checked before anything changes (optimizer and schedule with weights_only=True)."""
+        TorchState(self.model, self.optimizer, self.scheduler).load(folder)
+
+    def close(self) -> None:
+        """Drop the optimizer (its Adam moments are twice the trainable weights), the schedule and the reference;
+        the model itself belongs to its caller."""
+        del self.optimizer, self.scheduler, self.reference, self._trainable
+
 
 # ------------------------------------------------------------------------------------------- deepspeed
 
@@ -302,6 +338,11 @@ def deepspeed_config(raw: Mapping[str, Any], params: TrainParams, device: torch.
     The optimizer and schedule are passed to ``deepspeed.initialize`` as objects, so the JSON must
     not name them either. bf16 follows the paper on GPUs; the CPU path stays in fp32.
     """
+    return _filled_config(raw, params.max_grad_norm, device)
+
+
+def _filled_config(raw: Mapping[str, Any], max_grad_norm: float, device: torch.device) -> dict[str, Any]:
+    """``deepspeed_config`` for a clipping threshold (``inf``: no clipping, which DeepSpeed spells 0)."""
     owned = [key for key in OWNED_KEYS if key in raw]
     if owned:
         raise ConfigError(
@@ -309,7 +350,7 @@ def deepspeed_config(raw: Mapping[str, Any], params: TrainParams, device: torch.
             "schedule and clipping come from train.* in params.yaml, and precision from the device"
         )
     config = copy.deepcopy(dict(raw))
-    config["gradient_clipping"] = float(params.max_grad_norm)
+    config["gradient_clipping"] = float(max_grad_norm) if math.isfinite(max_grad_norm) else 0.0
     config["bf16"] = {"enabled": device.type == "cuda"}
     return config
 
@@ -506,6 +547,34 @@ class DeepSpeedEngine:
         with self._deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=None):
             return {name: tensor.detach().clone().cpu() for name, tensor in module.state_dict().items()}
 
+    def save(self, folder: Path) -> None:
+        """``engine.save_checkpoint`` into ``folder/deepspeed`` on every rank: the module, each rank's ZeRO
+        shard of the optimizer (the fp32 master weights and Adam moments) and the LR schedule."""
+        self._engine.save_checkpoint(str(folder / DEEPSPEED_DIR), tag=DEEPSPEED_TAG, save_latest=True)
+
+    def load(self, folder: Path) -> None:
+        """``engine.load_checkpoint`` of what ``save`` wrote, on every rank, into this freshly built engine
+        (DeepSpeed loads ZeRO-3 states only into an engine that has not saved yet, as after a restart).
+
+        DeepSpeed reads its files with ``torch.load(weights_only=False)`` (its checkpoint engine): the files
+        are our own run's output, checked against the sha256 in the checkpoint's state.json before this is
+        called, never a downloaded file; our own files are read with weights_only=True or safetensors."""
+        source = folder / DEEPSPEED_DIR
+        if not (source / DEEPSPEED_TAG).is_dir():
+            raise CheckpointError(f"{source / DEEPSPEED_TAG} is missing: {folder} was not written by DeepSpeed "
+                                  "(train.deepspeed.enabled must match the saved run)")
+        path, _ = self._engine.load_checkpoint(str(source), tag=DEEPSPEED_TAG, load_optimizer_states=True,
+                                               load_lr_scheduler_states=True)
+        if path is None:
+            raise CheckpointError(f"DeepSpeed could not load {source / DEEPSPEED_TAG}; delete {folder} to fall "
+                                  "back to the previous checkpoint")
+
+    def close(self) -> None:
+        """``engine.destroy`` (its hooks leave the module; ZeRO-3 weights stay partitioned, so gather them
+        first), then every reference to DeepSpeed's engine, its optimizer shard and the reference engine."""
+        self._engine.destroy()
+        del self._engine, self.model, self.optimizer, self.scheduler, self.reference
+
 
 # ---------------------------------------------------------------------------------------------- factory
 
@@ -515,26 +584,28 @@ def build_engine(model: nn.Module, params: TrainParams, *, total_steps: int, dev
 
     With ``train.beta`` > 0 the engine also holds the KL reference, copied from ``model`` as it is now
     (the starting policy) before anything is sharded."""
-    lr_lambda = make_lr_lambda(params.lr_schedule, params.warmup_steps, total_steps)
-    reference = build_reference(model) if params.beta > 0 else None
-    if not params.deepspeed.enabled:
-        return TorchEngine(
-            model.to(device),
-            lr=params.lr,
-            weight_decay=params.weight_decay,
-            max_grad_norm=params.max_grad_norm,
-            lr_lambda=lr_lambda,
-            reference=reference,
-        )
-    config = deepspeed_config(load_deepspeed_config(params.deepspeed.config), params, device)
-    return DeepSpeedEngine(
-        model,
-        config=config,
-        lr=params.lr,
-        weight_decay=params.weight_decay,
-        lr_lambda=lr_lambda,
-        device=device,
-        gradient_checkpointing=params.deepspeed.gradient_checkpointing,
-        reference=reference,
-    )
+    return _make_engine(model, params.deepspeed, lr=params.lr, weight_decay=params.weight_decay,
+                        max_grad_norm=params.max_grad_norm,
+                        lr_lambda=make_lr_lambda(params.lr_schedule, params.warmup_steps, total_steps),
+                        device=device, reference=build_reference(model) if params.beta > 0 else None)
 
+
+def build_warm_start_engine(model: nn.Module, warm: WarmStartParams, deepspeed: DeepSpeedParams, *,
+                            device: torch.device) -> PolicyEngine:
+    """The supervised warm start's engine: the kind ``train.deepspeed`` asks for (so a 7B warm start is sharded
+    like its GRPO), AdamW at ``train.warm_start.lr`` held constant, no clipping, weight decay 0.01
+    (``WARM_START_WEIGHT_DECAY``, torch's default, which the warm start used before it had an engine) on the
+    matrices only (``param_groups``: biases and norm scales no longer decay); no KL reference."""
+    return _make_engine(model, deepspeed, lr=warm.lr, weight_decay=WARM_START_WEIGHT_DECAY, max_grad_norm=math.inf,
+                        lr_lambda=make_lr_lambda("constant", 0, max(warm.steps, 1)), device=device, reference=None)
+
+
+def _make_engine(model: nn.Module, deepspeed: DeepSpeedParams, *, lr: float, weight_decay: float,
+                 max_grad_norm: float, lr_lambda: Callable[[int], float], device: torch.device,
+                 reference: nn.Module | None) -> PolicyEngine:
+    if not deepspeed.enabled:
+        return TorchEngine(model.to(device), lr=lr, weight_decay=weight_decay, max_grad_norm=max_grad_norm,
+                           lr_lambda=lr_lambda, reference=reference)
+    config = _filled_config(load_deepspeed_config(deepspeed.config), max_grad_norm, device)
+    return DeepSpeedEngine(model, config=config, lr=lr, weight_decay=weight_decay, lr_lambda=lr_lambda, device=device,
+                           gradient_checkpointing=deepspeed.gradient_checkpointing, reference=reference)

@@ -40,6 +40,7 @@ from omni_r1.rl.engine import PolicyEngine, build_reference
 from omni_r1.rl.grpo import completion_mask, group_advantages, informative_groups, policy_loss
 from omni_r1.rl.policy import PromptCache, encoded_logprobs, towers_frozen
 from omni_r1.rl.prompts_data import PromptItem
+from omni_r1.rl.ranks import all_ranks_sum, broadcast_object, distributed_rank
 from omni_r1.rl.rewards import (
     NO_BOX, NO_VALID_BOX, SYSTEM2_ERROR, RewardBreakdown, RewardError, reward_columns, score_rollouts,
 )  # fmt: skip
@@ -168,12 +169,14 @@ class GRPOTrainer:
     # ------------------------------------------------------------------------------------------ resume
 
     def resume(self) -> int:
-        """Load the latest checkpoint of ``checkpoint_dir`` when there is one; return the step reached."""
-        path = latest_checkpoint(self.checkpoint_dir)
+        """Load the latest checkpoint of ``checkpoint_dir`` when there is one; return the step reached.
+
+        Every rank calls it: rank 0 picks the checkpoint (so all ranks load the same one even if a shared file
+        system shows them different listings for a moment) and every rank loads its part through the engine."""
+        path = broadcast_object(latest_checkpoint(self.checkpoint_dir) if self.rank == 0 else None)
         if path is None:
             return 0
-        state = load_checkpoint(path, model=self.engine.unwrapped(), optimizer=self.engine.optimizer,
-                                scheduler=self.engine.scheduler)
+        state = load_checkpoint(path, state=self.engine)
         self.data.restore(state.data_position)
         self.step = state.step
         self.resume_extra = dict(state.extra)
@@ -181,10 +184,10 @@ class GRPOTrainer:
         return self.step
 
     def save(self) -> Path:
+        """The checkpoint of this step, through the engine on every rank (rank 0 writes the shared files)."""
         return save_checkpoint(
-            self.checkpoint_dir, self.step, model=self.engine.unwrapped(), optimizer=self.engine.optimizer,
-            scheduler=self.engine.scheduler, data_position=self.data.state(), keep_last=self.train.keep_last,
-            extra={"seed": self.seed, **self.extra},
+            self.checkpoint_dir, self.step, state=self.engine, data_position=self.data.state(),
+            keep_last=self.train.keep_last, extra={"seed": self.seed, **self.extra},
         )
 
     # ------------------------------------------------------------------------------------------ the loop
@@ -193,8 +196,8 @@ class GRPOTrainer:
         """Run until ``steps`` steps are done in all (a resumed run continues from its step)."""
         while self.step < steps:
             values = self.train_step()
-            if self.rank == 0 and (self.step % self.train.save_every == 0 or self.step == steps):
-                self.save()
+            if self.step % self.train.save_every == 0 or self.step == steps:
+                self.save()  # a collective: every rank writes its shard
             if log is not None and self.rank == 0:
                 log(self.step, values)
 
@@ -305,7 +308,7 @@ class GRPOTrainer:
         kept = [i for i in range(len(groups)) if bool(keep[i])]
         stats: dict[str, float] = {"loss": 0.0, "kl": 0.0, "clip_fraction": 0.0, "grad_norm": 0.0,
                                    "lr": float(self.engine.optimizer.param_groups[0]["lr"])}
-        if _all_ranks_sum(len(kept), self.world) == 0:
+        if all_ranks_sum(len(kept)) == 0:
             return stats  # every group of every rank was uninformative: no gradient this step (dropped_groups)
         weights = {i: (1.0 / len(kept) if i in kept else 0.0) for i in range(len(groups))}
         order = kept if self.world == 1 else list(range(len(groups)))  # alone, dropped groups need no forward
@@ -391,31 +394,9 @@ class GRPOTrainer:
         return values
 
 
-def _all_ranks_sum(value: int, world: int) -> int:
-    """``value`` summed over every rank (a collective when there are several)."""
-    if world == 1:
-        return value
-    total = torch.tensor([value], dtype=torch.long, device=_collective_device())
-    torch.distributed.all_reduce(total)
-    return int(total.item())
-
-
 def all_ranks_done(done: bool) -> bool:
     """Whether every rank is done sampling (a collective): the sampler's ``all_done`` under several ranks."""
-    return _all_ranks_sum(int(not done), distributed_rank()[1]) == 0
-
-
-def _collective_device() -> torch.device:
-    # nccl reduces CUDA tensors only; gloo CPU ones.
-    backend = torch.distributed.get_backend()
-    return torch.device("cuda", torch.cuda.current_device()) if backend == "nccl" else torch.device("cpu")
-
-
-def distributed_rank() -> tuple[int, int]:
-    """(rank, world size) of this process: (0, 1) unless a torch.distributed group is up (DeepSpeed)."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return 0, 1
+    return all_ranks_sum(int(not done)) == 0
 
 
 def generate(reasoner: GlobalReasoner, prompts: PromptCache, item: PromptItem, *, num: int, do_sample: bool,
