@@ -340,6 +340,7 @@ def main(argv: Sequence[str] | None = None, say: Callable[[str], None] = print) 
                           seed=args.seed)
         say(f"warm start: {warm.steps} steps of {train.warm_start.batch} rows in {warm.seconds:.1f} s "
             f"(loss {warm.final_loss:.3f}); not part of the step figures")
+        warm.engine.close()  # its Adam moments are no part of a GRPO step's memory
     else:
         say("warm start: skipped (--warm-steps 0): a random policy parses nothing, so System 2 and rewards idle")
 

@@ -283,6 +283,38 @@ def test_warm_start_targets_parse_and_carry_no_task_knowledge() -> None:
     assert len(chosen) >= 10  # random over the whole clip
 
 
+def test_the_warm_start_trains_through_the_engine_and_a_resumed_run_gets_its_weights_back(params, items,
+                                                                                        tmp_path) -> None:
+    from omni_r1.rl.engine import TorchEngine
+    from omni_r1.rl.run import WARM_START_DIR, keep_warm_start, load_warm_start
+    from omni_r1.rl.warm_start import warm_start
+
+    reasoner = build_reasoner(params, 0)
+    before = trainable_parameters(reasoner.model)
+    frozen = {n: p.detach().clone() for n, p in reasoner.model.named_parameters() if not p.requires_grad}
+    losses: list[float] = []
+    warm = dataclasses.replace(params.train.warm_start, steps=6, batch=8)
+    result = warm_start(reasoner, items, warm, seed=0, progress=lambda step, total, loss: losses.append(loss))
+    # the plain engine (train.deepspeed off) trained the thinker in place, one optimizer step per warm-start step
+    assert isinstance(result.engine, TorchEngine) and result.engine.model is reasoner.model
+    assert {float(s["step"]) for s in result.engine.optimizer.state_dict()["state"].values()} == {6.0}
+    after = trainable_parameters(reasoner.model)
+    assert [n for n in before if torch.equal(before[n], after[n])] == []
+    assert all(torch.equal(p, dict(reasoner.model.named_parameters())[n]) for n, p in frozen.items())
+    assert len(losses) == 6 and losses[-1] < losses[0]  # the answer format is being learnt
+
+    folder = tmp_path / WARM_START_DIR
+    weights = keep_warm_start(reasoner, result, folder, seed=0)
+    assert weights.keys() == before.keys() and not hasattr(result.engine, "optimizer")  # closed: Adam state gone
+    # a resumed run builds the thinker afresh and takes the warm-started weights back (its KL reference)
+    fresh = build_reasoner(params, 0)
+    load_warm_start(fresh, folder)
+    kept, got = reasoner.model.state_dict(), fresh.model.state_dict()
+    assert kept.keys() == got.keys() and all(torch.equal(kept[k], got[k]) for k in kept)
+    with pytest.raises(FileNotFoundError, match=r"warm start .* is missing.*train\.resume=false"):
+        load_warm_start(fresh, tmp_path / "elsewhere" / WARM_START_DIR)
+
+
 def test_rollouts_reuse_system2_results_across_a_run(items) -> None:
     segmenter = FixedBoxSegmenter()
     item = items[0]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import gc
 import multiprocessing
 import os
 import shutil
@@ -33,8 +34,10 @@ from omni_r1.rl.memory import GB, estimate_memory, fits, recipe_of
 from omni_r1.rl.alarms import CollapseAlarm, heldout_alarms
 from omni_r1.rl.heldout import evaluate_policy
 from omni_r1.rl.prompts_data import PromptItem, load_prompt_items, training_items
+from omni_r1.rl.checkpoint import publish_weights, read_weights
+from omni_r1.rl.ranks import agree
 from omni_r1.rl.trainer import GRPOTrainer, check_train_params, distributed_rank, log_columns
-from omni_r1.rl.warm_start import warm_start
+from omni_r1.rl.warm_start import WarmStartResult, warm_start
 from omni_r1.systems.collaboration import SegmentCache
 from omni_r1.systems.detail import Segmenter, build_segmenter
 from omni_r1.systems.global_reasoning import GlobalReasoner, freeze_towers, load_thinker
@@ -78,11 +81,24 @@ def train_seed(params: Params, seed: int, paths: RunPaths, segmenter: Segmenter,
 
     resuming = train.resume and any(checkpoint_dir.glob("step-*"))
     start = time.perf_counter()
-    if train.warm_start.steps > 0 and not resuming:
-        result = warm_start(reasoner, items, train.warm_start, seed=seed,
-                            progress=lambda s, n, loss: say(f"seed {seed} warm start {s}/{n} loss {loss:.3f}")
-                            if s % 20 == 0 or s == n else None)
-        say(f"seed {seed}: warm start done, loss {result.final_loss:.3f} in {result.seconds:.0f} s")
+    if train.warm_start.steps > 0:
+        warm_dir = checkpoint_dir / WARM_START_DIR
+        if resuming:  # the warm-started policy is GRPO's KL reference: the same one as before the stop
+            load_warm_start(reasoner, warm_dir)
+        else:
+            result = warm_start(reasoner, items, train.warm_start, seed=seed, deepspeed=train.deepspeed,
+                                progress=lambda s, n, loss: say(f"seed {seed} warm start {s}/{n} loss {loss:.3f}")
+                                if s % 20 == 0 or s == n else None)
+            say(f"seed {seed}: warm start done, loss {result.final_loss:.3f} in {result.seconds:.0f} s")
+            weights = keep_warm_start(reasoner, result, warm_dir, seed=seed)
+            del result  # the closed engine: nothing of it may outlive the warm start (its optimizer, its model)
+            if train.deepspeed.enabled:
+                # The warm start's engine hooked (under ZeRO-3: partitioned) that model; GRPO's engine and its KL
+                # reference start from a whole one. The old one goes first, so the GPU never holds both.
+                del reasoner
+                release_memory()
+                reasoner = warm_started_reasoner(params, seed, weights)
+            del weights
     timings["warm_start_seconds"] = time.perf_counter() - start
 
     warn_if_too_big(params, reasoner, segmenter, say)
@@ -107,6 +123,55 @@ def train_seed(params: Params, seed: int, paths: RunPaths, segmenter: Segmenter,
         say(f"seed {seed}: WARNING alarm '{name}' is raised at the end of the run (see train.tsv and the report)")
     return {"seed": seed, "before": before, "after": after, "reasoner": reasoner, "engine": engine, **timings, "alarms": alarms,
             "train_prompts": len(items), "heldout_prompts": len(heldout)}
+
+
+WARM_START_DIR = "warm-start"  # beside the step folders: the warm-started policy's trainable weights
+
+
+def keep_warm_start(reasoner: GlobalReasoner, result: WarmStartResult, folder: Path, *,
+                    seed: int) -> dict[str, torch.Tensor]:
+    """After the warm start: its trainable weights (gathered: a collective under ZeRO-3) published in ``folder``
+    by rank 0 for a resumed run, its engine closed; returns the weights on every rank (CPU tensors; from the
+    plain engine on CPU, the model's own tensors, which GRPO then goes on changing)."""
+    trainable = {name for name, p in reasoner.model.named_parameters() if p.requires_grad}
+    weights = {name: t for name, t in result.engine.full_state_dict().items() if name in trainable}
+    failure: Exception | None = None
+    if distributed_rank()[0] == 0:
+        try:
+            publish_weights(folder, weights, info={"steps": result.steps, "final_loss": result.final_loss,
+                                                   "seed": seed})
+        except Exception as error:  # raised on every rank by agree: the others must not wait for rank 0
+            failure = error
+    agree(failure, f"writing the warm start to {folder}")
+    result.engine.close()
+    return weights
+
+
+def warm_started_reasoner(params: Params, seed: int, weights: dict[str, torch.Tensor]) -> GlobalReasoner:
+    """System 1 built afresh (``build_reasoner``) with the warm start's ``weights`` loaded."""
+    reasoner = build_reasoner(params, seed)
+    reasoner.model.load_state_dict(weights, strict=False)
+    return reasoner
+
+
+def release_memory() -> None:
+    """Collect what was just let go (model graphs hold reference cycles) and return CUDA's cached blocks."""
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def load_warm_start(reasoner: GlobalReasoner, folder: Path) -> None:
+    """The warm-started weights ``keep_warm_start`` published, into ``reasoner.model`` (a resumed run: GRPO's
+    KL reference is copied from it, and the checkpoint then sets the policy's weights)."""
+    if not folder.is_dir():
+        raise FileNotFoundError(
+            f"the run in {folder.parent} is resumed but its warm start ({folder}) is missing (written by an older "
+            "version, or deleted); GRPO's KL reference is the warm-started policy, so delete the checkpoints and "
+            "train again, or set train.resume=false"
+        )
+    weights, _ = read_weights(folder, reasoner.model)
+    reasoner.model.load_state_dict(weights, strict=False)
 
 
 def _before(trainer: GRPOTrainer, reasoner: GlobalReasoner, segmenter: Segmenter, heldout: list[PromptItem],
