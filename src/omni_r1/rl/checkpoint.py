@@ -12,7 +12,8 @@ One checkpoint is one folder ``root/step-00000010/`` holding
                                       path + sha256 of every file above
 
 Every rank calls ``save_checkpoint`` and ``load_checkpoint``; under several ranks they are collectives (the
-engine's state is sharded, so each rank writes and reads its own part). Rank 0 makes a hidden temp folder inside
+engine's state is sharded, so each rank writes and reads its own part) on a file system all ranks share, as
+DeepSpeed's own checkpoints assume. Rank 0 makes a hidden temp folder inside
 ``root`` and tells the others its name; every rank writes into it; the ranks share the hashing; rank 0 alone
 writes ``state.json`` last and renames the folder into place, and prunes. A reader trusts only folders named
 ``step-<digits>`` that hold a ``state.json``, so a crash at any moment leaves either the previous checkpoints or
