@@ -128,7 +128,9 @@ class KeyframeTrackerForTests:
                 guess = Box(w // 3, h // 3, 2 * w // 3, 2 * h // 3)
                 masks[lo:hi + 1, h // 3:2 * h // 3 + 1, w // 3:2 * w // 3 + 1] = True
                 entries[k] = (guess,)
-        return SegmentResult(masks, masks[None], {k: list(v) for k, v in entries.items()}, entries=entries)
+        # One object mask per box, as SegmentResult documents (the failure counts index them per box).
+        return SegmentResult(masks, np.repeat(masks[None], len(entries), axis=0), {k: list(v) for k, v in entries.items()},
+                             entries=entries)
 
 
 def one_per_video(items):

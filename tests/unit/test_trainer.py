@@ -61,8 +61,10 @@ class FixedBoxSegmenter:
         masks = np.zeros((t, h, w), bool)
         masks[:, h // 4 : 3 * h // 4, w // 4 : 3 * w // 4] = True
         box = Box(w / 4, h / 4, 3 * w / 4 - 1, 3 * h / 4 - 1)
-        return [SegmentResult(masks, masks[None], {p.frame: [box] for p in prompts},
-                              entries={p.frame: (box,) for p in prompts}) for prompts in prompt_sets]
+        # One object mask per box, as SegmentResult documents (the failure counts index them per box).
+        return [SegmentResult(masks, np.repeat(masks[None], len({p.frame for p in prompts}), axis=0),
+                              {p.frame: [box] for p in prompts}, entries={p.frame: (box,) for p in prompts})
+                for prompts in prompt_sets]
 
 
 def length_reward_double(rollouts: Sequence[Rollout], sample: Sample, params, *, task, num_frames, fps, duration,
