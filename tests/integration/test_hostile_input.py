@@ -265,7 +265,10 @@ def test_a_full_disk_names_the_file(video_run: LayoutRun, monkeypatch: pytest.Mo
     def full(*args: Any, **kwargs: Any) -> None:
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(pd.DataFrame, "to_parquet", full)
+    import pyarrow.parquet as pq
+
+    monkeypatch.setattr(pd.DataFrame, "to_parquet", full)  # validate writes a dataframe
+    monkeypatch.setattr(pq, "write_table", full)  # ingest writes a pyarrow table
     out = tmp_path / "manifest.parquet"
     code = ingest.main([*_common(video_run.params), "--root", str(video_run.root), "--format", "video",
                         "--out", str(out), "--metrics", str(tmp_path / "ingest.json")])
