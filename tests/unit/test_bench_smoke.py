@@ -21,11 +21,12 @@ RATIO_LINE = re.compile(
 )
 
 
-def _load_bench(monkeypatch: pytest.MonkeyPatch) -> ModuleType:
-    # The script sets environment defaults on import; preset the one conftest does not, so that
+def _load_bench(monkeypatch: pytest.MonkeyPatch, name: str = "shard_throughput") -> ModuleType:
+    """``bench/<name>.py`` as a module, registered in ``sys.modules`` for the test only."""
+    # The scripts set environment defaults on import; preset the one conftest does not, so that
     # monkeypatch restores it after the test and nothing leaks into the session.
     monkeypatch.setenv("TQDM_DISABLE", "1")
-    spec = importlib.util.spec_from_file_location("shard_throughput", REPO / "bench" / "shard_throughput.py")
+    spec = importlib.util.spec_from_file_location(name, REPO / "bench" / f"{name}.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     monkeypatch.setitem(sys.modules, spec.name, module)  # dataclasses look their module up while it runs
@@ -68,13 +69,8 @@ SCALEOUT_LINE = re.compile(
 @pytest.mark.slow  # two Dask LocalClusters (3 worker processes) and four stage runs: about a minute
 def test_scaleout_bench_prints_ratio_last(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                           capsys: pytest.CaptureFixture[str]) -> None:
-    monkeypatch.setenv("TQDM_DISABLE", "1")
     monkeypatch.syspath_prepend(str(REPO / "bench"))
-    spec = importlib.util.spec_from_file_location("scaleout", REPO / "bench" / "scaleout.py")
-    assert spec is not None and spec.loader is not None
-    bench = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, spec.name, bench)
-    spec.loader.exec_module(bench)
+    bench = _load_bench(monkeypatch, "scaleout")
     assert bench.main(["--small", "--cache-dir", str(tmp_path / "cache")]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     match = SCALEOUT_LINE.fullmatch(lines[-1])
@@ -101,11 +97,7 @@ def test_grpo_step_bench_prints_the_split_and_ratios_last(tmp_path: Path, monkey
                                                           capsys: pytest.CaptureFixture[str]) -> None:
     import torch
 
-    spec = importlib.util.spec_from_file_location("grpo_step", REPO / "bench" / "grpo_step.py")
-    assert spec is not None and spec.loader is not None
-    bench = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, spec.name, bench)  # dataclasses look their module up while it runs
-    spec.loader.exec_module(bench)
+    bench = _load_bench(monkeypatch, "grpo_step")
     # Synthetic clips and a quick-trained System 2, whatever data/ holds on this machine.
     argv = ["--small", "--shards", str(tmp_path / "no-shards"), "--features", str(tmp_path / "no-features"),
             "--cache-dir", str(tmp_path / "cache"), "--set", f"detail.light_checkpoint={tmp_path / 'no-detail'}"]
@@ -141,11 +133,7 @@ ORCHESTRATION_LINE = re.compile(
 @pytest.mark.slow  # two runs of the data half on 2 tiny videos (imports of torch and great_expectations): ~30 s
 def test_orchestration_bench_prints_the_dvc_ratio_last(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                        capsys: pytest.CaptureFixture[str]) -> None:
-    spec = importlib.util.spec_from_file_location("orchestration", REPO / "bench" / "orchestration.py")
-    assert spec is not None and spec.loader is not None
-    bench = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, spec.name, bench)  # dataclasses look their module up while it runs
-    spec.loader.exec_module(bench)
+    bench = _load_bench(monkeypatch, "orchestration")
     assert bench.main(["--tiny", "--scratch", str(tmp_path)]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     match = ORCHESTRATION_LINE.fullmatch(lines[-1])
@@ -164,12 +152,7 @@ def test_gpu_step_runs_tiny_on_the_cpu_and_writes_every_part(tmp_path: Path, mon
                                                              capsys: pytest.CaptureFixture[str]) -> None:
     import json
 
-    spec = importlib.util.spec_from_file_location("gpu_step", REPO / "bench" / "gpu_step.py")
-    assert spec is not None and spec.loader is not None
-    bench = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, spec.name, bench)
-    monkeypatch.setenv("TQDM_DISABLE", "1")
-    spec.loader.exec_module(bench)
+    bench = _load_bench(monkeypatch, "gpu_step")
     out = tmp_path / "gpu_step.json"
     assert bench.main(["--tiny", "--out", str(out)]) == 0
     report = json.loads(out.read_text())
@@ -183,11 +166,7 @@ def test_gpu_step_runs_tiny_on_the_cpu_and_writes_every_part(tmp_path: Path, mon
 
 
 def test_gpu_step_refuses_to_run_without_a_gpu_unless_tiny(monkeypatch: pytest.MonkeyPatch) -> None:
-    spec = importlib.util.spec_from_file_location("gpu_step", REPO / "bench" / "gpu_step.py")
-    assert spec is not None and spec.loader is not None
-    bench = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, spec.name, bench)
-    spec.loader.exec_module(bench)
+    bench = _load_bench(monkeypatch, "gpu_step")
     monkeypatch.setattr(bench.torch.cuda, "is_available", lambda: False)
     with pytest.raises(SystemExit, match="--tiny"):
         bench.pick_device(tiny=False)
