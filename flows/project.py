@@ -4,7 +4,7 @@
 --no-scm``) whose ``dvc.yaml`` is the repository's own, cut to the data stages (``PREPARE_STAGES``) and
 moved: every ``data/...`` path of a cmd, dep or out loses its ``data/`` prefix (so ``out`` mirrors
 ``data/``: ``interim/``, ``shards/``, ``features/``, ``metrics/``), code deps point at the repository's
-files, and outputs are not cached (DVC tracks their hashes in ``out/dvc.lock``; nothing is stored twice).
+files (a code folder as its source files, without Python's bytecode), and outputs are not cached (DVC tracks their hashes in ``out/dvc.lock``; nothing is stored twice).
 Its ``params.yaml`` is the given params file with the overrides, ``data.root`` and ``data.format`` applied.
 ``run_project`` then runs ``dvc repro`` there (or the pipeline flow, one Prefect task per stage), so a
 rerun skips what is up to date and a changed param or input reruns what depends on it.
@@ -62,7 +62,7 @@ def write_project(repo: Path, out: Path, root: Path, fmt: str, params_file: Path
 def _moved_stage(stage: dict[str, Any], repo: Path) -> dict[str, Any]:
     stage = copy.deepcopy(stage)
     stage["cmd"] = " ".join(_moved_path(token, repo) for token in str(stage["cmd"]).split())
-    stage["deps"] = [_moved_path(dep, repo) for dep in stage.get("deps", [])]
+    stage["deps"] = [moved for dep in stage.get("deps", []) for moved in _code_files(_moved_path(dep, repo), repo)]
     for key in ("outs", "metrics", "plots"):
         if key in stage:
             stage[key] = [_uncached(entry, repo) for entry in stage[key]]
@@ -75,6 +75,26 @@ def _moved_path(path: str, repo: Path) -> str:
     if path.startswith(CODE_PREFIXES):
         return str(repo / path)
     return path
+
+
+def _code_files(dep: str, repo: Path) -> list[str]:
+    """A code folder of the repository as its source files; any other dep as it is.
+
+    The repository's ``.dvcignore`` keeps Python's bytecode (``__pycache__/``) out of the hash of a code
+    folder, but a prepared project sees the repository's folders from outside its own root, where no
+    ``.dvcignore`` applies: a folder dep there would change whenever a stage first imports its modules and
+    writes their bytecode, and every prepare would rerun the stage. Its files are listed instead (the
+    project's dvc.yaml is rewritten on every prepare, so a file added later is picked up then).
+    """
+    path = Path(dep)
+    if not (path.is_absolute() and path.is_dir() and repo in path.parents):
+        return [dep]
+    files = sorted(str(f) for f in path.rglob("*") if f.is_file() and not _is_bytecode(f))
+    return files or [dep]
+
+
+def _is_bytecode(path: Path) -> bool:
+    return "__pycache__" in path.parts or path.suffix == ".pyc"
 
 
 def _uncached(entry: Any, repo: Path) -> dict[str, Any]:

@@ -138,3 +138,20 @@ def test_stage_outputs_chain() -> None:
             deps = {_render(d) for d in stage["deps"]}
             assert deps & outs, f"stage {name} reads no output of an earlier stage"
         outs |= stage_outs
+
+
+def test_dvc_ignores_python_bytecode_in_the_code_folders_stages_depend_on() -> None:
+    """A stage's first import writes ``__pycache__/`` beside the sources (unless PYTHONDONTWRITEBYTECODE is
+    set); were it hashed, every code folder dep (``src/omni_r1/data/formats``, ...) would change and
+    ``dvc repro`` would rerun its stages for nothing. The real ``dvc check-ignore`` reads ``.dvcignore``."""
+    import subprocess
+    import sys
+
+    folders = sorted({dep for stage in DVC.values() for dep in stage.get("deps", [])
+                      if dep.startswith(("src/", "stages/")) and (REPO / dep).is_dir()})
+    assert folders, "dvc.yaml has no code folder deps; this test no longer checks anything"
+    probes = [f"{folder}/__pycache__/module.cpython-311.pyc" for folder in folders]
+    dvc = str(Path(sys.executable).with_name("dvc"))
+    proc = subprocess.run([dvc, "check-ignore", *probes, f"{folders[0]}/module.py"], cwd=REPO,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.stdout.split() == probes, f"not ignored by .dvcignore: {sorted(set(probes) - set(proc.stdout.split()))}"

@@ -92,7 +92,17 @@ def test_prepare_runs_dvc_yaml_itself_and_a_rerun_skips_everything(synth_video: 
     manifest = out / "shards" / "manifest.json"
     written = manifest.stat().st_mtime_ns
     dvc = str(Path(sys.executable).with_name("dvc"))
-    status = subprocess.run([dvc, "status"], cwd=out, capture_output=True, text=True, check=True)
+    # Python's bytecode appearing in a code folder (a stage's first import writes it) changes nothing
+    probe = REPO / "src/omni_r1/data/formats/__pycache__/omni_r1_test_probe.cpython-311.pyc"
+    made_folder = not probe.parent.exists()
+    probe.parent.mkdir(exist_ok=True)
+    probe.write_bytes(b"not bytecode")
+    try:
+        status = subprocess.run([dvc, "status"], cwd=out, capture_output=True, text=True, check=True)
+    finally:
+        probe.unlink()
+        if made_folder:
+            probe.parent.rmdir()
     assert "up to date" in status.stdout, status.stdout
     assert _prepare("video", synth_video, out) == 0  # the same params: DVC skips every stage
     assert manifest.stat().st_mtime_ns == written
