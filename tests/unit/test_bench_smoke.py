@@ -140,6 +140,10 @@ def test_orchestration_bench_prints_the_dvc_ratio_last(tmp_path: Path, monkeypat
     assert match is not None, lines[-1]
     assert float(match["ratio"]) > 0 and float(match["dvc"]) > 0 and float(match["direct"]) > 0
     assert (int(match["videos"]), int(match["frames"])) == (2, 10)  # --tiny: 2 clips of 1 s at 10 fps
+    # the direct script's interpreter exit is measured apart and left out of the compared figure
+    teardown = [line for line in lines if line.startswith("repeat 1: direct") and "the interpreter's exit" in line]
+    assert teardown, lines
+    assert any(line.startswith("dvc/plain script = ") for line in lines), lines
     assert not any(line.startswith("warning:") for line in lines), lines  # both paths wrote the same shards
     assert list(tmp_path.iterdir()) == [], "the benchmark's scratch folder must be removed"
 
