@@ -122,3 +122,20 @@ def test_the_manifest_table_is_what_from_pylist_builds() -> None:
         # repr, not ==, so that the NaN row compares equal to itself
         assert repr(built.to_pylist()) == repr(expected.to_pylist())
         assert built.schema.equals(expected.schema)
+
+
+def test_a_manifest_of_many_blocks_keeps_its_rows_in_order(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With blocks smaller than the manifest (a real ReVOS manifest runs to hundreds of MB), the JSON reader
+    still returns every row in order, and a row longer than a block still parses."""
+    import pyarrow as pa
+
+    from omni_r1.data import pipeline
+
+    monkeypatch.setattr(pipeline, "JSON_BLOCK_BYTES", 1024)
+    base = _manifest_rows()[0]
+    rows = [dataclasses.replace(base, sample_id=f"s{i:04d}", expression="x" * (i % 7) * 50) for i in range(200)]
+    rows.append(dataclasses.replace(base, sample_id="long", masks_json="{" + "r" * 5000 + "}"))
+    built = pipeline.manifest_table(rows)
+    assert built.column("sample_id").num_chunks > 1  # the blocks were small: this checked the multi-block path
+    expected = pa.Table.from_pylist([r.to_dict() for r in rows], schema=built.schema)
+    assert built.to_pylist() == expected.to_pylist()

@@ -61,6 +61,11 @@ def ingest(fmt: str, root: Path, params: IngestParams) -> tuple[pd.DataFrame, di
     return pd.DataFrame([r.to_dict() for r in rows], columns=list(ManifestRow.__dataclass_fields__)), metrics
 
 
+# pyarrow's JSON reader parses in blocks of this many bytes; a row must fit in one block (see manifest_table)
+JSON_BLOCK_BYTES = 16 << 20
+_ARROW_INT32_MAX = (1 << 31) - 1
+
+
 def manifest_table(rows: Sequence[ManifestRow]) -> Any:
     """The rows as a pyarrow table with one typed column per ``ManifestRow`` field (what the ingest stage writes).
 
@@ -68,7 +73,9 @@ def manifest_table(rows: Sequence[ManifestRow]) -> Any:
     pyarrow array from Python objects asks pyarrow's pandas shim whether the input is a pandas object,
     and that imports pandas; pyarrow's C++ JSON reader builds the same typed table without asking. The
     schema is explicit, so an empty manifest, or one whose ``frame_paths`` are all empty, keeps its types.
-    A row with a non-finite float (JSON has none) goes through ``Table.from_pylist`` instead.
+    The reader keeps the rows' order across its blocks; a block holds at least two of the longest row
+    (a ReVOS row carries the RLE masks of every frame). ``Table.from_pylist`` builds the table instead
+    where JSON cannot carry a row: a non-finite float, or a row too long for one block.
     """
     import io
     import math
@@ -84,11 +91,13 @@ def manifest_table(rows: Sequence[ManifestRow]) -> Any:
         return schema.empty_table()
     if any(isinstance(v, float) and not math.isfinite(v) for record in records for v in record.values()):
         return pa.Table.from_pylist(records, schema=schema)
-    lines = "".join(json.dumps(record, allow_nan=False) + "\n" for record in records).encode()
+    lines = [(json.dumps(record, allow_nan=False) + "\n").encode() for record in records]
+    block = max(JSON_BLOCK_BYTES, 2 * max(len(line) for line in lines))
+    if block > _ARROW_INT32_MAX:
+        return pa.Table.from_pylist(records, schema=schema)
     options = pa_json.ParseOptions(explicit_schema=schema, unexpected_field_behavior="error")
-    # One block for the whole manifest keeps the rows in one chunk, in order, as from_pylist does.
-    read = pa_json.ReadOptions(use_threads=False, block_size=max(len(lines), 1 << 20))
-    return pa_json.read_json(io.BytesIO(lines), read_options=read, parse_options=options).select(schema.names)
+    read = pa_json.ReadOptions(use_threads=False, block_size=block)
+    return pa_json.read_json(io.BytesIO(b"".join(lines)), read_options=read, parse_options=options).select(schema.names)
 
 
 class ManifestError(ValueError):
