@@ -15,7 +15,7 @@ What is measured
   thin wrapper over its library call) one after another on tmp paths: what a user's own script costs,
   imports paid once. The script stamps the clock after its last call, so its interpreter teardown is
   measured apart: CPython's final garbage collection over everything great-expectations, torch and
-  transformers loaded takes 1.3-2.4 s here. The stage processes skip that teardown
+  transformers loaded takes 2.0-2.8 s here. The stage processes skip that teardown
   (``stages.common.exit_process``), so the figure compared is the direct run without it: the same work
   on both sides, and no credit for skipping an exit the direct script could skip too.
 - dvc: ``omni-r1 prepare``'s project (``flows/project.py``: dvc.yaml's data stages in a fresh folder)
@@ -33,16 +33,16 @@ What is measured
   included) are printed too: on a shared machine wall time swings, CPU time much less.
 - The last line is the DVC overhead ratio (wall time through ``dvc repro`` / the direct run without its
   teardown), the issue's target being at most 1.2 on 3 short videos and at most 1.05 on the demo's 20:
-  ``ratio dvc/direct = 1.19 (dvc 9.2 s, direct 7.7 s, 3 videos x 60 frames; flow/direct 2.60)``.
+  ``ratio dvc/direct = 1.32 (dvc 10.4 s, direct 7.8 s, 3 videos x 60 frames; flow/direct 3.04)``.
   The line before it compares ``dvc repro`` with the plain script, teardown included.
 """
 
 from __future__ import annotations
 
 import argparse
+import compileall
 import json
 import os
-import compileall
 import resource
 import shutil
 import statistics

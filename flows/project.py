@@ -4,7 +4,8 @@
 --no-scm``) whose ``dvc.yaml`` is the repository's own, cut to the data stages (``PREPARE_STAGES``) and
 moved: every ``data/...`` path of a cmd, dep or out loses its ``data/`` prefix (so ``out`` mirrors
 ``data/``: ``interim/``, ``shards/``, ``features/``, ``metrics/``), code deps point at the repository's
-files (a code folder as its source files, without Python's bytecode), and outputs are not cached (DVC tracks their hashes in ``out/dvc.lock``; nothing is stored twice).
+files (a code folder as its source files, without Python's bytecode), and outputs are not cached (DVC
+tracks their hashes in ``out/dvc.lock``; nothing is stored twice).
 Its ``params.yaml`` is the given params file with the overrides, ``data.root`` and ``data.format`` applied.
 ``run_project`` then runs ``dvc repro`` there (or the pipeline flow, one Prefect task per stage), so a
 rerun skips what is up to date and a changed param or input reruns what depends on it.
