@@ -19,6 +19,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.stage_runs import run_stage
+
 REPO = Path(__file__).resolve().parents[2]
 HEAVY = ("pandas", "av", "torch", "transformers", "great_expectations", "webdataset", "prefect", "dvc")
 # What each stage may load when its module is imported: validate's expectations suite needs pandas.
@@ -56,23 +58,11 @@ def test_dvc_parses_yaml_with_the_c_parser() -> None:
     assert "clib" in YAML(typ="safe").Parser.__module__, "install ruamel.yaml.clib (pyproject.toml pins it)"
 
 
-# Runs `python -m stages.<name> ARGS` and reports, from an atexit handler (the stage ends its own process through
-# stages.common.exit_process, which runs the handlers), which heavy packages the whole run loaded.
-RUN_STAGE = ("import atexit, json, runpy, sys\n"
-             "name = sys.argv[1]\n"
-             "sys.argv = [f'stages.{name}', *sys.argv[2:]]\n"
-             f"atexit.register(lambda: print('LOADED ' + json.dumps(sorted(n for n in {list(HEAVY)!r} "
-             "if n in sys.modules)), flush=True))\n"
-             "runpy.run_module(f'stages.{name}', run_name='__main__', alter_sys=True)\n")
-
-
 def _loaded_by_run(stage: str, argv: list[str], cwd: Path) -> set[str]:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "src")]), "TQDM_DISABLE": "1"}
-    proc = subprocess.run([sys.executable, "-c", RUN_STAGE, stage, *argv], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=300)
+    proc, loaded = run_stage(stage, argv, cwd)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    line = [ln for ln in proc.stdout.splitlines() if ln.startswith("LOADED ")][-1]
-    return set(json.loads(line[len("LOADED "):]))
+    assert "stages" in loaded, "the stage's exit report is missing: " + proc.stdout[-2000:]
+    return loaded
 
 
 def test_the_ingest_and_shard_runs_never_import_pandas(synth_video: Path, tmp_path: Path) -> None:

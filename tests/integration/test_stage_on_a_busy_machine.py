@@ -18,14 +18,8 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
-# Runs the stage as `python -m stages.shard ARGS` would, then reports whether Prefect was imported: from an
-# atexit handler, because the stage ends its process itself (stages.common.exit_process runs the handlers).
-RUN_STAGE = ("import atexit, runpy, sys\n"
-             "sys.argv = ['stages.shard', *sys.argv[1:]]\n"
-             "atexit.register(lambda: print('PREFECT_IMPORTED' if any(m.split('.')[0] == 'prefect' for m in "
-             "sys.modules) else 'NO_PREFECT', flush=True))\n"
-             "runpy.run_module('stages.shard', run_name='__main__', alter_sys=True)\n")
+from tests.stage_runs import run_stage
+
 LIMIT_SECONDS = 240  # the old path needed 50-100 s for Prefect's start-up alone on a busy machine
 
 
@@ -55,16 +49,15 @@ def test_shard_stage_from_a_plain_shell_on_a_busy_machine(tmp_path: Path, busy_c
     atomic_write_parquet(tmp_path / "manifest.parquet", frame)
     (tmp_path / "params.yaml").write_text("data:\n  format: video\n  fps: 2.0\n  max_frames: 4\n")
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-    env.update(PYTHONPATH=os.pathsep.join([str(REPO), str(REPO / "src")]), TQDM_DISABLE="1")
     argv = ["--params", str(tmp_path / "params.yaml"), "--root", str(root), "--manifest",
             str(tmp_path / "manifest.parquet"), "--out", str(tmp_path / "shards"), "--metrics",
             str(tmp_path / "shard.json")]
     start = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-c", RUN_STAGE, *argv], cwd=tmp_path, env=env, capture_output=True,
-                          text=True, timeout=LIMIT_SECONDS)
+    proc, loaded = run_stage("shard", argv, tmp_path, env=env, timeout=LIMIT_SECONDS)
     seconds = time.perf_counter() - start
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert proc.stdout.strip().splitlines()[-1] == "NO_PREFECT", "the stage imported Prefect"
+    assert "stages" in loaded, "the stage's exit report is missing: " + proc.stdout[-2000:]
+    assert "prefect" not in loaded, "the stage imported Prefect"
     metrics = json.loads((tmp_path / "shard.json").read_text())
     assert metrics["videos_ok"] == 2 and metrics["videos_quarantined"] == 0, metrics
     assert (tmp_path / "shards" / "manifest.json").is_file()
